@@ -1,0 +1,102 @@
+"""Public description of a model's sparsifiable linears: :class:`Site` and :func:`find_sites`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .passes.detect_sites import detect_sites, find_attentions
+
+KIND_ORDER = ("q", "k", "v", "qk", "kv", "qkv", "o", "gate", "up", "gate_up", "down")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One linear whose input is sparsified.
+
+    ``name`` is the module path (``model.layers.3.mlp.down_proj``); ``kind`` one of ``q k v
+    qkv o gate up gate_up down``; ``block`` the decoder block index (order of attention ops
+    in the graph); ``group`` names the sites reading the same input tensor, which run as one
+    launch (``block3.gate+up``). ``weight_layout`` is ``"out_in"`` for ``nn.Linear``
+    (weight [out, in]) and ``"in_out"`` for GPT-2's ``Conv1D`` (weight [in, out]).
+    """
+
+    name: str
+    kind: str
+    block: int
+    group: str
+    in_features: int
+    out_features: int
+    weight_layout: str = "out_in"
+
+    @property
+    def numel(self) -> int:
+        """Weight elements: the bytes a dense matmul reads, over the element size."""
+        return self.in_features * self.out_features
+
+    def weight(self, model: nn.Module) -> torch.Tensor:
+        """The site's weight as [out_features, in_features] (a view for Conv1D)."""
+        w = model.get_submodule(self.name).weight
+        return w.t() if self.weight_layout == "in_out" else w
+
+
+class SiteCollector:
+    """A Dynamo backend that only records the sites of each graph it is given."""
+
+    def __init__(self) -> None:
+        self.sites: list[Site] = []
+        self.n_attention = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs, **kwargs):  # noqa: ANN001
+        found = detect_sites(gm.graph, block_offset=self.n_attention)
+        self.n_attention += len(find_attentions(gm.graph))
+        for s in found:
+            self.sites.append(
+                Site(s.name, s.kind, s.block, s.group, s.linear.in_features,
+                     s.linear.out_features, s.linear.weight_layout)
+            )  # fmt: skip
+        return gm.forward
+
+
+def _example_inputs(model: nn.Module, seq_len: int) -> dict:
+    cfg = getattr(model, "config", None)
+    vocab = getattr(cfg, "vocab_size", None) or 32
+    device = next(model.parameters()).device
+    ids = torch.arange(seq_len, device=device).remainder(vocab).unsqueeze(0)
+    return {"input_ids": ids, "use_cache": False}
+
+
+def find_sites(model: nn.Module, example_inputs: dict | None = None) -> list[Site]:
+    """Trace ``model`` with Dynamo on a short input and return its sites in graph order.
+
+    ``example_inputs`` are keyword arguments for ``model(...)``; by default a batch of one
+    8-token sequence of ``input_ids`` with the KV cache off. The model itself is not changed.
+    """
+    collector = SiteCollector()
+    compiled = torch.compile(model, backend=collector, dynamic=False)
+    with torch.no_grad():
+        compiled(**(example_inputs or _example_inputs(model, 8)))
+    if not collector.sites:
+        raise ValueError(
+            f"no activation->linear sites found in {type(model).__name__}: was_compile "
+            "recognises linears that feed attention, read the attention output, or form an MLP"
+        )
+    seen: dict[str, Site] = {}
+    for s in collector.sites:
+        seen.setdefault(s.name, s)
+    return list(seen.values())
+
+
+def sites_fingerprint(sites: list[Site]) -> str:
+    """A short hash of site names, kinds and shapes: two models with the same one accept the
+    same schedules."""
+    rows = [(s.name, s.kind, s.in_features, s.out_features) for s in sites]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def site_to_dict(site: Site) -> dict:
+    return asdict(site)
