@@ -1,0 +1,72 @@
+"""``torch.ops.was.sparse_linear``: the custom op the backend puts in place of each site group.
+
+Registered through ``torch.library.custom_op`` so it is opaque to Inductor and may branch in
+Python on the number of rows (decode kernel vs prefill path) without adding guards; a fake
+implementation lets it trace with dynamic shapes and be captured in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from .reference import dense_linear, sparse_linear_reference
+
+DECODE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.cache
+def _triton_gemv() -> Callable | None:
+    """The Triton decode kernel, or None where Triton or a CUDA device is missing."""
+    try:
+        from .triton_sparse_gemv import sparse_gemv
+    except Exception:  # noqa: BLE001 - any import failure means "use the reference"
+        return None
+    return sparse_gemv
+
+
+@torch.library.custom_op("was::sparse_linear", mutates_args=())
+def sparse_linear(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    thresholds: torch.Tensor,
+    segment_ends: list[int],
+    bias: torch.Tensor | None,
+    sparse_prefill: bool,
+    max_decode_rows: int,
+) -> torch.Tensor:
+    """Thresholded linear over a group of sibling sites; see :func:`sparse_linear_reference`.
+
+    x [..., K]; weight_t [K, N]; thresholds [S, K] fp32; segment_ends S ints, last == N;
+    bias [N] or None. With at most ``max_decode_rows`` rows (tokens x batch) this is decode:
+    the sparse kernel runs. Above it, prefill: dense unless ``sparse_prefill``.
+    """
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
+    if rows > max_decode_rows and not sparse_prefill:
+        return dense_linear(x, weight_t, bias)
+    if rows <= max_decode_rows and x.is_cuda and x.dtype in DECODE_DTYPES:
+        gemv = _triton_gemv()
+        if gemv is not None:
+            y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias)
+            return y.reshape(*x.shape[:-1], weight_t.shape[1])
+    return sparse_linear_reference(x, weight_t, thresholds, segment_ends, bias)
+
+
+@sparse_linear.register_fake
+def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_rows):
+    torch._check(x.shape[-1] == weight_t.shape[0], lambda: "x and weight_t disagree on K")
+    torch._check(thresholds.shape[0] == len(segment_ends), lambda: "one threshold row a segment")
+    return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
+
+
+def _no_backward(ctx, grad):  # noqa: ANN001
+    raise RuntimeError(
+        "was.sparse_linear is inference-only: run the compiled model under torch.no_grad() or "
+        "torch.inference_mode(), or train the dense model and compile it afterwards"
+    )
+
+
+sparse_linear.register_autograd(_no_backward)

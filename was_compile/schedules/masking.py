@@ -1,0 +1,59 @@
+"""Eager sparsification with forward pre-hooks: the independent reference of the backend,
+and the way calibration-time searches evaluate a candidate schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def masked_inputs(
+    model: nn.Module,
+    thresholds: dict[str, torch.Tensor],
+    counts: dict[str, list[int]] | None = None,
+) -> Iterator[None]:
+    """Inside the block, each named module's input keeps only channels with |x_j| > tau_j.
+
+    thresholds: module path -> tau [in_features]. If ``counts`` is given, counts[name]
+    accumulates [zeroed channels, total channels] seen at that module.
+    """
+    handles = []
+
+    def hook_for(name: str, tau: torch.Tensor):
+        def hook(module, args):  # noqa: ANN001
+            x = args[0]
+            t = tau.to(device=x.device, dtype=x.dtype)
+            keep = x.abs() > t
+            if counts is not None:
+                c = counts.setdefault(name, [0, 0])
+                c[0] += int((~keep).sum())
+                c[1] += keep.numel()
+            return (torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)),
+                    *args[1:])  # fmt: skip
+
+        return hook
+
+    for name, tau in thresholds.items():
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_pre_hook(hook_for(name, tau)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def measured_sparsity(
+    model: nn.Module, thresholds: dict[str, torch.Tensor], batches: list[torch.Tensor]
+) -> dict[str, float]:
+    """Fraction of input channels zeroed at each site on ``batches`` (input_ids [B, T])."""
+    counts: dict[str, list[int]] = {}
+    with torch.no_grad(), masked_inputs(model, thresholds, counts):
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    return {n: c[0] / c[1] for n, c in counts.items()}
