@@ -95,7 +95,9 @@ def _sparse_groups(sites: list[GraphSite], schedule: Schedule) -> list[list[Grap
 
 
 def _group_plans(
-    groups: list[list[GraphSite]], schedule: Schedule, values: dict[fx.Node, object],
+    groups: list[list[GraphSite]],
+    schedule: Schedule,
+    values: dict[fx.Node, object],
     dry_run: bool,
 ) -> tuple[list[GroupPlan], bool]:
     """Plans for ``groups``; with ``dry_run`` only tell whether a re-layout is needed."""

@@ -53,7 +53,9 @@ class WasOptions:
         options = dict(options or {})
         schedule = options.pop("schedule", None)
         if schedule is None:
-            raise MissingScheduleError(f"the 'was' backend needs a schedule: {HOW_TO_MAKE_A_SCHEDULE}")
+            raise MissingScheduleError(
+                f"the 'was' backend needs a schedule: {HOW_TO_MAKE_A_SCHEDULE}"
+            )
         if isinstance(schedule, (str, Path)):
             schedule = Schedule.load(schedule)
         if not isinstance(schedule, Schedule):

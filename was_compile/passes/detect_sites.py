@@ -303,7 +303,9 @@ def _passes_activation(start: fx.Node, end: fx.Node) -> bool:
             continue
         seen.add((cur, act))
         for user in cur.users:
-            frontier.append((user, act or (user is not end and op_name(user) not in GATE_NEUTRAL_OPS)))
+            frontier.append(
+                (user, act or (user is not end and op_name(user) not in GATE_NEUTRAL_OPS))
+            )
     return False
 
 
