@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from .passes.detect_sites import detect_sites, find_attentions
+
+log = logging.getLogger(__name__)
 
 KIND_ORDER = ("q", "k", "v", "qk", "kv", "qkv", "o", "gate", "up", "gate_up", "down")
 
@@ -70,23 +73,56 @@ def _example_inputs(model: nn.Module, seq_len: int) -> dict:
     return {"input_ids": ids, "use_cache": False}
 
 
+def _sites_by_export(model: nn.Module, inputs: dict) -> list[Site]:
+    """One whole-model graph from ``torch._dynamo.export``; weights are ``get_attr`` nodes,
+    named here by identity with the model's own parameters."""
+    with torch.no_grad():
+        gm = torch._dynamo.export(model)(**inputs).graph_module
+    names = {id(p): n for n, p in model.named_parameters()}
+    sites = []
+    for s in detect_sites(gm.graph):
+        weight = getattr(gm, str(s.linear.weight.target), None) if s.linear.weight.op == (
+            "get_attr") else None  # fmt: skip
+        name = names.get(id(weight))
+        if name is None:
+            raise RuntimeError(f"cannot name the weight of {s.linear.node}")
+        s.name = name.removesuffix(".weight")
+        sites.append(s)
+    return [
+        Site(s.name, s.kind, s.block, s.group, s.linear.in_features, s.linear.out_features,
+             s.linear.weight_layout)
+        for s in sites
+    ]  # fmt: skip
+
+
+def _sites_by_compile(model: nn.Module, inputs: dict) -> list[Site]:
+    """Fallback for models with graph breaks: collect the sites of every Dynamo graph."""
+    collector = SiteCollector()
+    compiled = torch.compile(model, backend=collector, dynamic=False)
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1024):
+        compiled(**inputs)
+    return collector.sites
+
+
 def find_sites(model: nn.Module, example_inputs: dict | None = None) -> list[Site]:
     """Trace ``model`` with Dynamo on a short input and return its sites in graph order.
 
     ``example_inputs`` are keyword arguments for ``model(...)``; by default a batch of one
     8-token sequence of ``input_ids`` with the KV cache off. The model itself is not changed.
     """
-    collector = SiteCollector()
-    compiled = torch.compile(model, backend=collector, dynamic=False)
-    with torch.no_grad():
-        compiled(**(example_inputs or _example_inputs(model, 8)))
-    if not collector.sites:
+    inputs = example_inputs or _example_inputs(model, 8)
+    try:
+        found = _sites_by_export(model, inputs)
+    except Exception as err:  # noqa: BLE001 - graph breaks: trace graph by graph instead
+        log.info("was: whole-graph export failed (%s); collecting sites graph by graph", err)
+        found = _sites_by_compile(model, inputs)
+    if not found:
         raise ValueError(
             f"no activation->linear sites found in {type(model).__name__}: was_compile "
             "recognises linears that feed attention, read the attention output, or form an MLP"
         )
     seen: dict[str, Site] = {}
-    for s in collector.sites:
+    for s in found:
         seen.setdefault(s.name, s)
     return list(seen.values())
 

@@ -254,6 +254,12 @@ def _source_of_layout(node: object) -> fx.Node | None:
     return None
 
 
+def _holds_tensor(val: object) -> bool:
+    if isinstance(val, torch.Tensor):
+        return True
+    return isinstance(val, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in val)
+
+
 def _pointwise_producers(node: fx.Node, linear_nodes: set[fx.Node]) -> list[fx.Node] | None:
     """Linears that ``node`` is computed from through pointwise ops only, or None.
 
@@ -273,6 +279,9 @@ def _pointwise_producers(node: fx.Node, linear_nodes: set[fx.Node]) -> list[fx.N
         if cur in linear_nodes:
             producers.append(cur)
             continue
+        val = cur.meta.get("example_value", cur.meta.get("val"))
+        if val is not None and not _holds_tensor(val):
+            continue  # sizes and other scalars (x.size(-1) in a view) are neutral
         if cur.op in ("placeholder", "get_attr"):
             t = _tensor_meta(cur)
             if t is None or isinstance(t, torch.nn.Parameter) or t.dim() <= 1:
