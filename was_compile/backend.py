@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
 
 import torch
 from torch import fx
@@ -31,15 +30,6 @@ from .sites import Site
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CompiledGroup:
-    """Threshold buffer [S, K] of one rewritten group and the site name of each row."""
-
-    thresholds: torch.Tensor
-    names: list[str]
-
-
-_LIVE: list[weakref.ref] = []  # CompiledGroup threshold tensors of live compiled graphs
 _LAST_STATS: dict = {}
 _GRAPHS_SEEN = [0]
 
@@ -141,10 +131,11 @@ def _rewrite(gm: fx.GraphModule, plans: list[GroupPlan], opts: WasOptions) -> in
     n = rewrite_sparse_linear(
         gm, plans, sparse_prefill=opts.prefill == "sparse", max_decode_rows=opts.max_decode_rows
     )
+    schedule = opts.schedule
     for plan in plans:
-        group = CompiledGroup(plan.thresholds, [m.name for m in plan.members])
-        _LIVE.append(weakref.ref(plan.thresholds))
-        plan.thresholds._was_group = group  # type: ignore[attr-defined]
+        schedule.compiled_groups.append(
+            (weakref.ref(plan.thresholds), [m.name for m in plan.members])
+        )
     return n
 
 
@@ -157,6 +148,7 @@ def was_backend(gm: fx.GraphModule, example_inputs: list, **kwargs) -> object:
     _check_schedule(sites, opts.schedule)
     values = _placeholder_values(gm, example_inputs)
     groups = _sparse_groups(sites, opts.schedule)
+    opts.schedule.compiled_dense.update(s.name for s in sites if all(s not in g for g in groups))
     _, needs_layout = _group_plans(groups, opts.schedule, values, dry_run=True)
     _LAST_STATS.clear()
     _LAST_STATS.update(sites=len(sites), attention=len(find_attentions(gm.graph)),
@@ -174,34 +166,6 @@ def was_backend(gm: fx.GraphModule, example_inputs: list, **kwargs) -> object:
 
     patches = {**list_mode_options(kwargs.get("mode") or "default"), **opts.inductor_config}
     return compile_fx(gm, example_inputs, config_patches=patches)
-
-
-def update_thresholds(schedule: Schedule) -> int:
-    """Copy ``schedule``'s thresholds into every live compiled graph; return rows updated.
-
-    Works without recompiling as long as the sites the new schedule sparsifies were
-    sparsified when compiled (a site compiled dense needs ``torch._dynamo.reset()`` and a
-    new ``torch.compile``).
-    """
-    updated, compiled_names = 0, set()
-    for ref in list(_LIVE):
-        tau = ref()
-        if tau is None:
-            _LIVE.remove(ref)
-            continue
-        group: CompiledGroup = tau._was_group  # type: ignore[attr-defined]
-        for row, name in enumerate(group.names):
-            compiled_names.add(name)
-            if name in schedule.thresholds:
-                tau[row].copy_(schedule.thresholds[name].to(tau.device))
-                updated += 1
-    missing = [n for n, s in schedule.sparsity.items() if s > 0 and n not in compiled_names]
-    if missing:
-        raise ScheduleMismatchError(
-            f"site {missing[0]} was compiled dense (sparsity 0) and the new schedule sparsifies "
-            "it: call torch._dynamo.reset() and compile again"
-        )
-    return updated
 
 
 def prepare(model: torch.nn.Module, schedule: Schedule) -> torch.nn.Module:

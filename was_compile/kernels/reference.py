@@ -26,13 +26,15 @@ def sparse_linear_reference(
     x [..., K]; weight_t [K, N] (the transposed, concatenated weights of the group);
     thresholds [S, K], one vector per output segment; segment_ends the S increasing column
     ends, the last equal to N; bias [N] or None. Segment s computes
-    ``where(|x| > thresholds[s], x, 0) @ weight_t[:, start_s:end_s]``; the mask is on the
-    unscaled input and the product uses the unscaled input. Returns [..., N] in x.dtype.
+    ``where(|x| > thresholds[s], x, 0) @ weight_t[:, start_s:end_s]``; the mask compares
+    |x| in float32 with the float32 thresholds and the product uses the unscaled input.
+    Returns [..., N] in x.dtype.
     """
     outs = []
+    magnitude = x.abs().float()  # thresholds are fp32: compare in fp32, as the kernels do
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     for s, (a, b) in enumerate(zip(segment_starts(segment_ends), segment_ends)):
-        tau = thresholds[s].to(x.dtype)
-        xm = torch.where(x.abs() > tau, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        xm = torch.where(magnitude > thresholds[s].float(), x, zero)
         outs.append(xm @ weight_t[:, a:b])
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
     if bias is not None:

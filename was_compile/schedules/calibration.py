@@ -10,6 +10,7 @@ without assuming a symmetric distribution. Thresholds are quantiles of these his
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..sites import Site, find_sites
+from .masking import masked_inputs
 from .schedule_file import thresholds_from_scalar
 
 LOG10_LO, LOG10_HI = -12.0, 6.0
@@ -49,7 +51,7 @@ class LogHistogram:
         logv = torch.log10(v.clamp_min(1e-30))
         idx = ((logv - LOG10_LO) * (N_BINS / (LOG10_HI - LOG10_LO))).floor().long() + 1
         idx = idx.clamp_(0, N_BINS + 1)
-        self.counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+        self.counts += torch.bincount(idx, minlength=N_BINS + 2).to(torch.float64)
 
     @property
     def total(self) -> float:
@@ -148,11 +150,15 @@ def calibrate(
     norm: str = "l1",
     source: str = "user batches",
     progress: bool = True,
+    under_thresholds: dict[str, torch.Tensor] | None = None,
 ) -> Calibration:
     """Run ``model`` eagerly on ``batches`` and record every site's score histograms.
 
     batches: input_ids tensors [B, T] (or dicts of model kwargs). Column norms are computed
     once in float32. Memory per site is two histograms of ``N_BINS`` float64 counts.
+    ``under_thresholds``: run the model sparsified with these thresholds while recording (each
+    site still records its input before its own mask), so statistics include the shift that
+    upstream sparsity causes; see :func:`~was_compile.schedules.refine.refine_schedule`.
     """
     sites = sites or find_sites(model)
     device = next(model.parameters()).device
@@ -170,8 +176,9 @@ def calibrate(
 
     handles = [model.get_submodule(s.name).register_forward_pre_hook(hook_for(s.name))
                for s in sites]  # fmt: skip
+    masks = masked_inputs(model, under_thresholds) if under_thresholds else nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), masks:
             for batch in tqdm(list(batches), desc="calibrating", disable=not progress):
                 kwargs = _as_kwargs(batch)
                 kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v

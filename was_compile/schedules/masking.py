@@ -27,8 +27,7 @@ def masked_inputs(
     def hook_for(name: str, tau: torch.Tensor):
         def hook(module, args):  # noqa: ANN001
             x = args[0]
-            t = tau.to(device=x.device, dtype=x.dtype)
-            keep = x.abs() > t
+            keep = x.abs().float() > tau.to(device=x.device, dtype=torch.float32)
             if counts is not None:
                 c = counts.setdefault(name, [0, 0])
                 c[0] += int((~keep).sum())

@@ -40,6 +40,10 @@ class Schedule:
     sparsity: dict[str, float]
     thresholds: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
+    # Threshold buffers [S, K] of graphs compiled from this schedule, with their site names
+    # and the sites they run dense: what update_() writes into.
+    compiled_groups: list = field(default_factory=list, repr=False, compare=False)
+    compiled_dense: set = field(default_factory=set, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for s in self.sites:
@@ -82,6 +86,35 @@ class Schedule:
                     f"{m.in_features}->{m.out_features} in the schedule "
                     f"(made for fingerprint {self.meta.get('fingerprint')})"
                 )
+
+    def update_(self, other: Schedule) -> int:
+        """Take ``other``'s sparsities and thresholds in place; return the threshold rows
+        written into compiled graphs.
+
+        Graphs compiled from this schedule see the new thresholds at their next call, with no
+        recompile (and graphs compiled later use them too). A site compiled dense (sparsity 0)
+        that ``other`` sparsifies needs a new compile: that raises, changing nothing.
+        """
+        other.check_fits(self.sites)
+        newly_sparse = [n for n in self.compiled_dense if other.sparsity.get(n, 0.0) > 0.0]
+        if newly_sparse:
+            raise ScheduleMismatchError(
+                f"site {newly_sparse[0]} was compiled dense (sparsity 0) and the new schedule "
+                "sparsifies it: call torch._dynamo.reset() and compile with the new schedule"
+            )
+        for name, tau in self.thresholds.items():
+            tau.copy_(other.thresholds[name])
+        self.sparsity = dict(other.sparsity)
+        self.meta = {**other.meta}
+        written = 0
+        for ref, names in self.compiled_groups:
+            buf = ref()
+            if buf is None:
+                continue
+            for row, name in enumerate(names):
+                buf[row].copy_(other.thresholds[name].to(buf.device))
+                written += 1
+        return written
 
     def save(self, path: str | Path) -> Path:
         """Write ``path/schedule.json`` and ``path/thresholds.safetensors``; return ``path``."""

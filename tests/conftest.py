@@ -1,0 +1,18 @@
+import gc
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: no cache entries or recompile counts carried over."""
+    gc.collect()
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
