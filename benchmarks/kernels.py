@@ -1,0 +1,334 @@
+"""GPU benchmark of the threshold-sparse GEMV against dense cuBLAS and the byte limit.
+
+For the linear shapes of Llama-3-8B, Mistral-7B, Qwen2.5-7B and Llama-3.2-1B (q|k|v and
+gate|up fused into one launch over concatenated weights, as the backend runs them), at several
+sparsities and decode batch sizes M, it times:
+
+* cublas_us: dense ``F.linear`` on the [N, K] weight (the fused weight for q|k|v, gate|up);
+  cublas_split_us: the sibling linears as separate ``F.linear`` calls (what an unfused model runs);
+* was_us: ``sparse_gemv`` (autotuned; the first call of each tuning key tunes it);
+* limit_us: bytes that must be read / device copy bandwidth measured in this run, where the
+  bytes are the kept rows of weight_t (union over the M rows' kept channels, per segment)
+  + x + y + thresholds (+ bias).
+
+Inputs: x ~ Laplace with per-channel scales, thresholds at the per-channel quantile of |x|
+that drops the target fraction of ONE row's channels; rows are independent, so for M > 1 the
+union of kept channels is denser (reported as union_kept).
+
+Timing: by default each callable is captured in a CUDA graph (as decode runs under
+``mode="reduce-overhead"``), and ``triton.testing.do_bench`` times graph replays, flushing L2
+before each one (decode streams weights from HBM), median of the repetitions.
+
+    python benchmarks/kernels.py            # all models, M = 1, 2, 4, 8
+    python benchmarks/kernels.py --quick    # Llama-3-8B, M = 1
+    python benchmarks/kernels.py --smoke    # no GPU: checks this script on a tiny model
+
+Cost: the first call of each tuning key (N, K, M bucket, sparsity bucket) compiles and times
+up to 12 configs. The full run has 192 keys and ~190 distinct compiled kernels (estimated at
+5-10 minutes of compiling and tuning on an H100 machine, on top of the measurements); a
+fresh machine starts with an empty Triton cache. Under a 10-minute limit per command, run one
+or two models per process with ``--merge``:
+
+    python benchmarks/kernels.py --models Llama-3-8B Mistral-7B
+    python benchmarks/kernels.py --models Qwen2.5-7B --merge
+    python benchmarks/kernels.py --models Llama-3.2-1B --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+MODELS = {
+    # name: (hidden, intermediate, heads, kv_heads, head_dim, qkv_bias)
+    "Llama-3-8B": (4096, 14336, 32, 8, 128, False),
+    "Mistral-7B": (4096, 14336, 32, 8, 128, False),
+    "Qwen2.5-7B": (3584, 18944, 28, 4, 128, True),
+    "Llama-3.2-1B": (2048, 8192, 32, 8, 64, False),
+}
+# --smoke: a tiny model run on the CPU under the Triton interpreter (checks this script's logic
+# without a GPU; the timings mean nothing)
+SMOKE_MODEL = {"tiny": (64, 96, 2, 1, 32, True)}
+SPARSITIES = (0.0, 0.25, 0.40, 0.50, 0.60, 0.70, 0.90)
+M_VALUES = (1, 2, 4, 8)
+
+
+_CFG_FMT = (
+    "{BLOCK_N}x{BLOCK_K}x{K_ITERS} dot={USE_DOT} compact={COMPACT} w{num_warps} s{num_stages}"
+)
+
+
+def _linears(x, weights):
+    import torch.nn.functional as F
+
+    return [F.linear(x, w) for w in weights]
+
+
+def model_shapes(name: str):
+    """[(shape name, K, segment_ends, has_bias)] of one transformer block's linears."""
+    hidden, inter, heads, kv, hd, qkv_bias = {**MODELS, **SMOKE_MODEL}[name]
+    q, kvw = heads * hd, kv * hd
+    return [
+        ("qkv", hidden, [q, q + kvw, q + 2 * kvw], qkv_bias),
+        ("o", q, [hidden], False),
+        ("gate_up", hidden, [inter, 2 * inter], False),
+        ("down", inter, [hidden], False),
+    ]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Benchmark the WAS sparse GEMV kernel against cuBLAS and the byte limit "
+        "(needs a CUDA GPU; written for an H100).",
+    )
+    p.add_argument("--quick", action="store_true", help="Llama-3-8B only, M = 1")
+    p.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kernels.json"),
+        help="where to write the JSON results (default: benchmarks/results/kernels.json)",
+    )
+    p.add_argument("--models", nargs="+", choices=list(MODELS), help="subset of models")
+    p.add_argument("--m", nargs="+", type=int, help=f"batch sizes M (default {list(M_VALUES)})")
+    p.add_argument(
+        "--sparsities",
+        nargs="+",
+        type=float,
+        help=f"target sparsities in [0, 1] (default {list(SPARSITIES)})",
+    )
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--no-graph", action="store_true", help="time eager calls, not graph replays")
+    p.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows already in --out that this run does not measure again (run the "
+        "models one per process to stay under a time limit, then find them all in one file)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="no GPU: a tiny model on the CPU under the Triton interpreter, to check the "
+        "script itself (timings meaningless; writes to --out only if given)",
+    )
+    args = p.parse_args(argv)
+    if args.smoke and "--out" not in (argv if argv is not None else sys.argv[1:]):
+        import tempfile
+
+        args.out = os.path.join(tempfile.mkdtemp(prefix="was_bench_smoke_"), "kernels.json")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        print(
+            "benchmarks/kernels.py: no CUDA device (torch.cuda.is_available() is False); "
+            "this benchmark times GPU kernels and must run on a GPU machine (H100).",
+            file=sys.stderr,
+        )
+        return 2
+    import torch.nn.functional as F
+    import triton
+    import triton.testing
+
+    from was_compile.kernels.triton_sparse_gemv import last_autotune_config, sparse_gemv
+    from was_compile.kernels.tuning import make_activations, make_weight_t
+
+    dtype = getattr(torch, args.dtype)
+    models = ["Llama-3-8B"] if args.quick else (args.models or list(MODELS))
+    m_values = [1] if args.quick else (args.m or list(M_VALUES))
+    sparsities = args.sparsities if args.sparsities is not None else list(SPARSITIES)
+    if args.smoke:
+        models, m_values = list(SMOKE_MODEL), args.m or [1, 3]
+        sparsities = args.sparsities if args.sparsities is not None else [0.0, 0.6]
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", torch.cuda.current_device())
+    use_graph = not args.no_graph and not args.smoke
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def do_bench(fn, rep):
+        if args.smoke:  # wall clock, a couple of calls
+            t0 = time.perf_counter()
+            for _ in range(2):
+                fn()
+            return (time.perf_counter() - t0) / 2 * 1e3
+        return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+    def bench(fn):
+        fn()
+        sync()
+        if not use_graph:
+            return do_bench(fn, args.rep)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        t = do_bench(graph.replay, args.rep)
+        del graph
+        return t
+
+    # device-to-device copy bandwidth (bytes read + written), large tensors
+    src = torch.empty(2**20 if args.smoke else 2**29, dtype=torch.bfloat16, device=device)
+    src.normal_()
+    dst = torch.empty_like(src)
+    copy_ms = do_bench(functools.partial(dst.copy_, src), 200)
+    copy_bw = 2 * src.numel() * src.element_size() / (copy_ms * 1e-3)  # bytes / s
+    del src, dst
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test)"
+    )
+    print(f"device {device_name}; copy bandwidth {copy_bw / 1e12:.3f} TB/s")
+
+    meta = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "dtype": args.dtype,
+        "copy_bandwidth_Bps": copy_bw,
+        "timing": "smoke test: CPU wall clock, meaningless"
+        if args.smoke
+        else ("CUDA graph replay" if use_graph else "eager")
+        + ", triton.testing.do_bench median, L2 flushed before each run",
+        "limit_bytes": "union-kept rows of weight_t (per segment) + x + y + thresholds (+ bias)",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    rows: list[dict] = []
+    kept_rows: list[dict] = []
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            kept_rows = [
+                r
+                for r in json.load(f)["rows"]
+                if not (r["model"] in models and r["M"] in m_values and r["sparsity"] in sparsities)
+            ]
+    measured: dict = {}  # identical shapes (Mistral = Llama-3-8B) are measured once
+    elem = torch.finfo(dtype).bits // 8
+
+    def write():
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"meta": meta, "rows": kept_rows + rows}, f, indent=1)
+
+    header = (
+        f"{'model':<13}{'shape':<8}{'N':>6}{'K':>6}{'M':>3}{'sp':>5}{'kept':>6}"
+        f"{'cuBLAS':>9}{'split':>9}{'WAS':>9}{'limit':>9}{'x cuBLAS':>9}{'%limit':>7}  config"
+    )
+    print(header)
+    t_start = time.time()
+    for model in models:
+        for shape_name, k, ends, has_bias in model_shapes(model):
+            n = ends[-1]
+            key = (k, tuple(ends), has_bias)
+            w_t = w_dense = w_parts = w32 = None
+            for m in m_values:
+                for sp in sparsities:
+                    if (key, m, sp) in measured:
+                        row = {**measured[(key, m, sp)], "model": model}
+                        rows.append(row)
+                        continue
+                    if w_t is None:
+                        w_t = make_weight_t(n, k, dtype, device, seed=n + k)
+                        w_dense = w_t.t().contiguous()
+                        starts = [0] + ends[:-1]
+                        w_parts = [w_dense[a:b] for a, b in zip(starts, ends)]
+                        w32 = w_t.float()
+                        bias = (
+                            torch.randn(n, device=device, dtype=torch.float32).to(dtype)
+                            if has_bias
+                            else None
+                        )
+                    x, thr = make_activations(m, k, sp, dtype, device, len(ends), seed=m)
+                    fn = functools.partial(sparse_gemv, x, w_t, thr, ends, bias, sparsity_hint=sp)
+                    y = fn()  # autotunes this key on first use
+                    sync()
+                    cfg = last_autotune_config()
+                    # correctness against an fp32 reference with the same masks
+                    ref = torch.empty(m, n, device=device, dtype=torch.float32)
+                    kept_bytes = 0
+                    kept_rows_w = 0.0
+                    start = 0
+                    for s, end in enumerate(ends):
+                        keep = x.float().abs() > thr[s]
+                        xm = torch.where(keep, x.float(), 0.0)
+                        ref[:, start:end] = xm @ w32[:, start:end]
+                        union = keep.any(dim=0).sum().item()
+                        kept_bytes += union * (end - start) * elem
+                        kept_rows_w += union / k * (end - start)
+                        start = end
+                    if bias is not None:
+                        ref += bias.float()
+                    err = (y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)
+                    rel_err = err.item()
+                    union_kept = kept_rows_w / n
+                    io_bytes = m * k * elem + m * n * elem + thr.numel() * 4
+                    if bias is not None:
+                        io_bytes += n * bias.element_size()
+                    limit_us = (kept_bytes + io_bytes) / copy_bw * 1e6
+
+                    was_us = bench(fn) * 1e3
+                    cublas_us = bench(functools.partial(F.linear, x, w_dense, bias)) * 1e3
+                    if len(ends) > 1:
+                        cublas_split_us = bench(functools.partial(_linears, x, w_parts)) * 1e3
+                    else:
+                        cublas_split_us = cublas_us
+                    row = {
+                        "model": model,
+                        "shape": shape_name,
+                        "N": n,
+                        "K": k,
+                        "segment_ends": list(ends),
+                        "bias": has_bias,
+                        "M": m,
+                        "sparsity": sp,
+                        "union_kept": union_kept,
+                        "cublas_us": cublas_us,
+                        "cublas_split_us": cublas_split_us,
+                        "was_us": was_us,
+                        "limit_us": limit_us,
+                        "speedup_vs_cublas": cublas_us / was_us,
+                        "fraction_of_limit": limit_us / was_us,
+                        "max_rel_err": rel_err,
+                        "copy_bandwidth_Bps": copy_bw,
+                        "config": cfg,
+                    }
+                    measured[(key, m, sp)] = row
+                    rows.append(row)
+                    cfg_s = _CFG_FMT.format(**cfg) if cfg else "?"
+                    print(
+                        f"{model:<13}{shape_name:<8}{n:>6}{k:>6}{m:>3}{sp:>5.2f}{union_kept:>6.2f}"
+                        f"{cublas_us:>9.1f}{cublas_split_us:>9.1f}{was_us:>9.1f}{limit_us:>9.1f}"
+                        f"{cublas_us / was_us:>9.2f}{limit_us / was_us:>7.0%}  {cfg_s}"
+                        + (f"  REL ERR {rel_err:.1e}" if rel_err > 2e-2 else ""),
+                        flush=True,
+                    )
+            del w_t, w_dense, w_parts, w32
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        write()  # after each model: partial results survive a time limit
+    meta["elapsed_s"] = time.time() - t_start
+    write()
+    print(f"wrote {args.out} ({len(rows)} rows, {meta['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Correctness of the threshold-sparse GEMV kernel under the Triton CPU interpreter.
+
+Every case compares with a float64 reference computed from the same (already rounded) inputs.
+Shapes are small (<= 512): the interpreter runs each program instance in numpy.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton (or anything importing it) is imported
+
+import importlib
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot run")
+
+from was_compile.kernels import autotune_configs as ac  # noqa: E402
+from was_compile.kernels import triton_sparse_gemv as tsg  # noqa: E402
+
+if type(tsg._sparse_gemv_kernel).__name__ != "InterpretedFunction":
+    # imported earlier in this session without the interpreter: rebuild the kernels under it
+    ac = importlib.reload(ac)
+    tsg = importlib.reload(tsg)
+
+sparse_gemv = tsg.sparse_gemv
+
+TOL = {  # (rtol, atol per sqrt(K)): output rounding (half an ulp) + fp32 accumulation
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (8e-3, 8e-3),
+}
+
+# explicit configs that cover the paths the GPU autotuner can pick (the interpreter's own
+# autotune list is a single config)
+FMA_CFG = {"BLOCK_N": 64, "BLOCK_K": 16, "K_ITERS": 3, "USE_DOT": 0}
+DOT_CFG = {"BLOCK_N": 32, "BLOCK_K": 32, "K_ITERS": 2, "USE_DOT": 1}
+# COMPACT: each CTA first lists its chunk's kept channels, then reads BLOCK_K kept rows a step
+FMA_C_CFG = {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 4, "USE_DOT": 0, "COMPACT": 1}
+DOT_C_CFG = {"BLOCK_N": 64, "BLOCK_K": 16, "K_ITERS": 4, "USE_DOT": 1, "COMPACT": 1}
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _make(m, k, ends, dtype, seed, bias=True, thr_scale=1.5):
+    g = _gen(seed)
+    n = ends[-1]
+    x = torch.randn(m, k, generator=g).to(dtype)
+    w_t = torch.randn(k, n, generator=g).to(dtype)
+    thr = (torch.rand(len(ends), k, generator=g) * thr_scale).float()
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    return x, w_t, thr, b
+
+
+def reference(x, w_t, thr, ends, bias):
+    x64, w64 = x.double(), w_t.double()
+    y = torch.empty(x.shape[0], w_t.shape[1], dtype=torch.float64)
+    start = 0
+    for s, end in enumerate(ends):
+        xm = torch.where(x64.abs() > thr[s].double(), x64, torch.zeros_like(x64))
+        y[:, start:end] = xm @ w64[:, start:end]
+        start = end
+    if bias is not None:
+        y += bias.double()
+    return y
+
+
+def check(y, ref, x, k):
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    rtol, atol = TOL[x.dtype]
+    torch.testing.assert_close(y.double(), ref, rtol=rtol, atol=atol * math.sqrt(k))
+
+
+CASES = [  # (M, K, segment_ends)
+    (1, 67, [45]),
+    (3, 130, [17, 26, 35]),
+    (16, 130, [257]),
+    (2, 96, [64, 80, 112]),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_reference(dtype, case):
+    m, k, ends = CASES[case]
+    x, w_t, thr, b = _make(m, k, ends, dtype, seed=10 + case, bias=case % 2 == 0)
+    y = sparse_gemv(x, w_t, thr, ends, b)
+    check(y, reference(x, w_t, thr, ends, b), x, k)
+
+
+@pytest.mark.parametrize(
+    "m,cfg,dtype",
+    [
+        (1, DOT_CFG, torch.float32),
+        (2, FMA_CFG, torch.bfloat16),
+        (4, FMA_CFG, torch.float16),
+        (3, DOT_CFG, torch.bfloat16),
+        (8, DOT_CFG, torch.float16),
+        (16, DOT_CFG, torch.bfloat16),
+        (1, FMA_C_CFG, torch.bfloat16),
+        (4, FMA_C_CFG, torch.float32),
+        (2, DOT_C_CFG, torch.float16),
+        (16, DOT_C_CFG, torch.bfloat16),
+    ],
+)
+def test_explicit_configs(m, cfg, dtype):
+    k, ends = 100, [40, 57, 99]
+    x, w_t, thr, b = _make(m, k, ends, dtype, seed=m, bias=True)
+    y = sparse_gemv(x, w_t, thr, ends, b, config={**cfg, "num_warps": 4})
+    check(y, reference(x, w_t, thr, ends, b), x, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_all_dropped_gives_bias(dtype):
+    ends = [17, 26, 35]
+    x, w_t, _, b = _make(3, 67, ends, dtype, seed=3)
+    thr = torch.full((3, 67), float("inf"))
+    assert torch.equal(sparse_gemv(x, w_t, thr, ends, b), b.expand(3, -1))
+    assert torch.equal(sparse_gemv(x, w_t, thr, ends), torch.zeros(3, 35, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_none_dropped_equals_dense(dtype):
+    ends = [45, 90]
+    x, w_t, _, b = _make(2, 130, ends, dtype, seed=4)
+    thr = torch.full((2, 130), -1.0)
+    dense = x.double() @ w_t.double() + b.double()
+    check(sparse_gemv(x, w_t, thr, ends, b), dense, x, 130)
+
+
+def test_half_dropped_fraction_and_values():
+    # per-channel thresholds at the median of |x| over the channels: row 0 keeps exactly half
+    k, ends = 128, [48, 80]
+    x, w_t, _, b = _make(1, k, ends, torch.bfloat16, seed=5)
+    med = x.float().abs().median()
+    thr = torch.full((2, k), med.item())
+    thr[:, ::2] = med - 1e-3  # break ties against the median element itself
+    kept = (x.float().abs() > thr[0]).float().mean().item()
+    assert 0.45 <= kept <= 0.55
+    y = sparse_gemv(x, w_t, thr, ends, b)
+    ref = reference(x, w_t, thr, ends, b)
+    check(y, ref, x, k)
+    dense = x.double() @ w_t.double() + b.double()
+    assert (ref - dense).abs().max() > 0.5  # the drop changed the answer: the test can fail
+
+
+def test_dropped_weight_rows_are_never_read():
+    # a channel dropped by every row of x (for one segment) has NaN weights in that segment:
+    # any load of them would poison the output (0 * NaN = NaN); masked loads give finite y
+    m, k, ends = 3, 96, [40, 72]
+    x, w_t, thr, b = _make(m, k, ends, torch.float16, seed=6, thr_scale=2.0)
+    w_poisoned = w_t.clone()
+    start = 0
+    n_poisoned = 0
+    for s, end in enumerate(ends):
+        dropped = ~(x.float().abs() > thr[s]).any(dim=0)
+        w_poisoned[dropped, start:end] = float("nan")
+        n_poisoned += int(dropped.sum())
+        start = end
+    assert n_poisoned > 10
+    for cfg in (None, FMA_CFG, DOT_CFG, FMA_C_CFG, DOT_C_CFG):
+        y = sparse_gemv(x, w_poisoned, thr, ends, b, config=cfg)
+        assert torch.isfinite(y).all()
+        check(y, reference(x, w_t, thr, ends, b), x, k)
+
+
+def test_each_row_uses_its_own_mask():
+    # row 0 keeps only even channels, row 1 only odd ones: the union reads every weight row,
+    # but each row must multiply its own channels only
+    k, ends = 64, [48]
+    g = _gen(7)
+    x = torch.rand(2, k, generator=g) + 0.5  # |x| in [0.5, 1.5)
+    x[0, 1::2] = 0.1
+    x[1, 0::2] = -0.1
+    w_t = torch.randn(k, 48, generator=g)
+    thr = torch.full((1, k), 0.2)
+    y = sparse_gemv(x, w_t, thr, ends)
+    check(y, reference(x, w_t, thr, ends, None), x, k)
+    assert torch.allclose(y[0].double(), x[0, 0::2].double() @ w_t[0::2].double(), atol=1e-4)
+
+
+def test_deterministic_and_strided_x():
+    k, ends = 80, [33, 50]
+    x, w_t, thr, b = _make(4, k, ends, torch.float32, seed=8)
+    big = torch.zeros(4, 2 * k)
+    big[:, ::2] = x
+    y1 = sparse_gemv(x, w_t, thr, ends, b)
+    y2 = sparse_gemv(big[:, ::2], w_t, thr, ends, b, sparsity_hint=0.5)  # non-unit stride
+    assert torch.equal(y1, y2)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _ok(m=2, k=32, ends=(16, 32), dtype=torch.float16):
+    x, w_t, thr, b = _make(m, k, list(ends), dtype, seed=0)
+    return x, w_t, thr, list(ends), b
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: {**a, "x": torch.randn(17, 32).half()}, r"M = x\.shape\[0\] must be in 1\.\.16"),
+        (lambda a: {**a, "x": a["x"].double()}, "dtype torch.float64 is not supported"),
+        (lambda a: {**a, "x": a["x"][0]}, "x must be 2-D"),
+        (lambda a: {**a, "w": a["w"].float()}, "weight_t dtype"),
+        (lambda a: {**a, "w": a["w"].t().contiguous().t()}, "weight_t must be contiguous"),
+        (lambda a: {**a, "w": a["w"][:31]}, "weight_t must be"),
+        (lambda a: {**a, "thr": a["thr"][:1]}, r"thresholds shape must be \[S, K\]"),
+        (lambda a: {**a, "thr": a["thr"].double()}, "thresholds must be float32"),
+        (lambda a: {**a, "thr": 0.5}, "thresholds must be a torch.Tensor"),
+        (lambda a: {**a, "ends": [16, 16]}, "strictly increasing"),
+        (lambda a: {**a, "ends": [16, 31]}, r"segment_ends\[-1\] must equal N"),
+        (lambda a: {**a, "ends": []}, "segment_ends is empty"),
+        (
+            lambda a: {
+                **a,
+                "ends": list(range(4, 37, 4)),
+                "w": torch.randn(32, 36).half(),
+                "thr": torch.rand(9, 32),
+            },
+            "at most 8 segments",
+        ),
+        (lambda a: {**a, "ends": torch.tensor([16, 32])}, "not a tensor"),
+        (lambda a: {**a, "b": torch.randn(31).half()}, r"bias must be \[N\]"),
+        (lambda a: {**a, "b": torch.randn(32, device="meta")}, "one device"),
+    ],
+)
+def test_validation_errors(mutate, match):
+    x, w_t, thr, ends, b = _ok()
+    a = mutate({"x": x, "w": w_t, "thr": thr, "ends": ends, "b": b})
+    with pytest.raises(ValueError, match=match):
+        sparse_gemv(a["x"], a["w"], a["thr"], a["ends"], a["b"])
+
+
+def test_bad_hint_and_config():
+    x, w_t, thr, ends, b = _ok()
+    with pytest.raises(ValueError, match="sparsity hint"):
+        sparse_gemv(x, w_t, thr, ends, b, sparsity_hint=1.5)
+    with pytest.raises(ValueError, match="config is missing"):
+        sparse_gemv(x, w_t, thr, ends, b, config={"BLOCK_N": 32})
+    with pytest.raises(ValueError, match="powers of 2"):
+        sparse_gemv(x, w_t, thr, ends, b, config={**FMA_C_CFG, "K_ITERS": 3})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_tune_shapes_needs_cuda():
+    from was_compile.kernels.tuning import tune_shapes
+
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        tune_shapes([(64, 64)], torch.bfloat16)
+
+
+# ---------------------------------------------------------------- config generation
+
+
+def test_buckets():
+    assert [ac.m_bucket(m) for m in (1, 2, 3, 4, 5, 8, 9, 16)] == [1, 2, 4, 4, 8, 8, 16, 16]
+    with pytest.raises(ValueError):
+        ac.m_bucket(17)
+    assert [ac.sparsity_bucket(s) for s in (None, 0.0, 0.3, 0.5, 0.74, 0.9, 1.0)] == [
+        0, 1, 2, 3, 3, 4, 4,
+    ]  # fmt: skip
+
+
+def test_gpu_config_space():
+    configs = ac.get_autotune_configs(interpret=False)
+    assert len(configs) > 20 and len(ac.get_autotune_configs()) == 1  # one under the interpreter
+    for c in configs:
+        assert c.kwargs["BLOCK_N"] * 2 >= 128  # >= 128 bytes per row segment in bf16
+        assert c.pre_hook is None
+    # Llama-3-8B q|k|v, M = 1: the pruner keeps a handful that fill 132 SMs
+    ends = (4096, 5120, 6144)
+    kept = ac._prune_cached(tuple(configs), ends, 4096, 1, 1, 2, 132)  # M = 1, < 25% sparse
+    assert 1 <= len(kept) <= ac.MAX_CANDIDATES
+    for c in kept:
+        ctas = ac.column_tiles(ends, c.kwargs["BLOCK_N"]) * ac.num_k_splits(4096, c.kwargs)
+        assert 132 <= ctas <= 16 * 132
+        assert not c.kwargs["USE_DOT"] and not c.kwargs["COMPACT"]
+    # high sparsity: the compacting variant competes with the masked one
+    kept_sparse = ac._prune_cached(tuple(configs), ends, 4096, 1, 4, 2, 132)
+    assert {c.kwargs["COMPACT"] for c in kept_sparse} == {0, 1}
+    kept16 = ac._prune_cached(tuple(configs), ends, 4096, 16, 3, 2, 132)
+    assert all(c.kwargs["USE_DOT"] for c in kept16)
+
+
+def test_autotune_kwargs_cache_results():
+    import inspect
+
+    import triton
+
+    kw = ac.autotune_kwargs()
+    assert "N" in kw["key"] and "K" in kw["key"] and "M_BUCKET" in kw["key"]
+    has = "cache_results" in inspect.signature(triton.autotune).parameters
+    assert kw.get("cache_results", False) == has

@@ -1,0 +1,309 @@
+"""The one place where the autotune configurations of the sparse GEMV kernel are generated.
+
+How the space was chosen (target: H100 SXM, 132 SMs, ~3.0 TB/s HBM3, 50 MB L2; decode GEMV is
+memory bound, so every choice is about bytes in flight and coalescing, not FLOPs):
+
+* BLOCK_N (columns of ``weight_t`` per CTA, the contiguous axis): 64..512. One row segment is
+  BLOCK_N * elem_size bytes, >= 128 B for bf16/fp16 (a full 128-byte line) and 16-byte vector
+  loads per thread (8 bf16), so a warp instruction reads 1..4 whole rows and a dropped channel
+  removes whole instructions, not lanes of one.
+* BLOCK_K (rows per loop iteration) x BLOCK_N sets the bytes each CTA has in flight per
+  iteration (2-32 KB). ~18 KB in flight per SM covers HBM latency at 3 TB/s; several CTAs per
+  SM make up the rest, hence the register budget in ``_fits_registers``.
+* K_ITERS: iterations per CTA. Split-K is expressed as a chunk of CHUNK_K = BLOCK_K * K_ITERS
+  rows per CTA (256..2048), so the number of K splits is cdiv(K, CHUNK_K) and the loop bound is
+  a constexpr (interpreter friendly, fully static loop on the GPU). The grid is
+  (column tiles) x (K splits); the pruner keeps the configs whose CTA count fills the SMs
+  (>= 1 wave, <= 16 waves) and whose fp32 split-K partials stay under ~10% of the weight bytes.
+* USE_DOT: M >= 5 rows (buckets 8, 16) use ``tl.dot`` (mma, x padded to 16 rows): 16 FMAs
+  per weight element on CUDA cores would compete with the memory stream. M in {2, 4} may use
+  either (both are timed); M = 1 uses the FMA path (one elementwise [BLOCK_K, BLOCK_N] fp32
+  accumulator per row, reduced over K once at the end, no cross-thread reduction in the loop).
+* COMPACT: 0 = masked rows (a dropped row's loads are predicated off), 1 = each CTA first
+  lists its chunk's kept channels and then reads BLOCK_K kept rows per iteration. At high
+  sparsity the masked variant keeps few bytes in flight per iteration (latency bound), the
+  compacting one pays a prefix sum per CTA; both are timed for sparsity buckets >= 50% and for
+  the unknown bucket, only the masked one below 50%.
+* num_warps 4/8; num_stages 1 for the FMA path (Triton does not software-pipeline loads that
+  feed no dot: checked in sm_90 PTX from Triton 3.9, no cp.async with 3 stages, so other values only
+  duplicate timings; latency is hidden by 2-4 resident CTAs per SM and by loading the next
+  x / thresholds before the current weight tile is consumed), 3 for the dot path (operands
+  go through shared memory with cp.async pipelining).
+
+The full list has 120 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
+key, most promising tiles first, so first-call tuning of one key costs <= 12 compiles (cached
+across keys and processes) + 12 short benchmarks.
+
+On-disk cache: Triton >= 3.4 accepts ``cache_results=True`` on ``triton.autotune`` (or
+``TRITON_CACHE_AUTOTUNING=1``): the timings of each tuning key are kept in Triton's cache
+directory, so a second process starts with no tuning. ``autotune_kwargs`` turns it on when the
+installed Triton has it (checked with ``inspect``). No pre_hook/post_hook anywhere: torch.compile
+rejects them, and a config with a pre_hook disables the disk cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+
+import triton
+import triton.testing
+
+# Segments (sibling linears fused in one launch) the kernel signature can carry.
+MAX_SEGMENTS = 8
+# Largest number of rows of x (decode batch) the kernel accepts.
+MAX_M = 16
+# Candidates benchmarked per tuning key after pruning.
+MAX_CANDIDATES = 12
+# SMs assumed when no CUDA device can be asked (H100 SXM).
+DEFAULT_SM_COUNT = 132
+# Largest fraction of the (dense) weight bytes the fp32 split-K partials may add.
+MAX_PARTIAL_OVERHEAD = 0.10
+
+
+# (BLOCK_N, BLOCK_K, num_warps) tiles of the FMA path and of the dot path, most promising
+# first (the pruner keeps the first ones when more than MAX_CANDIDATES fit): 8-16 K elements
+# per iteration and CTA, one or two whole 512-byte rows per warp instruction.
+_FMA_TILES = (
+    (256, 32, 4),
+    (256, 64, 8),
+    (128, 64, 8),
+    (256, 16, 4),
+    (128, 32, 4),
+    (512, 16, 8),
+    (64, 64, 4),
+    (256, 32, 8),
+    (128, 16, 4),
+    (64, 32, 4),
+)
+_DOT_TILES = (
+    (128, 64, 4),
+    (64, 64, 4),
+    (256, 64, 8),
+    (128, 32, 4),
+    (128, 128, 8),
+)
+_CHUNKS_K = (256, 512, 1024, 2048)
+_FMA_STAGES = (1,)
+_DOT_STAGES = (3,)
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false")
+
+
+def m_bucket(m: int) -> int:
+    """Bucket of the number of rows M of x: 1, 2, 4, 8 or 16 (next power of two).
+
+    It is a tuning key and a compile-time constant (the FMA path's BLOCK_M), so that M = 3 and
+    M = 4 share one compiled kernel and one tuning result."""
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"M must be in 1..{MAX_M}, got {m}")
+    return 1 << (m - 1).bit_length()
+
+
+def sparsity_bucket(sparsity: float | None) -> int:
+    """Tuning-key bucket of the expected fraction of dropped input channels.
+
+    0: unknown (tuned on whatever data the first call brings); 1: < 25%; 2: 25-50%;
+    3: 50-75%; 4: >= 75%. The sparsity of a call is data dependent and never read back from the
+    GPU (no sync), so it comes as a hint from the caller (the schedule's target sparsity)."""
+    if sparsity is None:
+        return 0
+    s = float(sparsity)
+    if not math.isfinite(s) or s < 0.0 or s > 1.0:
+        raise ValueError(f"sparsity hint must be in [0, 1], got {sparsity!r}")
+    return 1 + min(int(s * 4.0), 3)
+
+
+def num_k_splits(k: int, config_kwargs: dict) -> int:
+    """Number of K chunks (CTAs along the grid's second axis) a config uses for K."""
+    chunk = config_kwargs["BLOCK_K"] * config_kwargs["K_ITERS"]
+    return max(1, -(-k // chunk))
+
+
+def _make(block_n, block_k, chunk, use_dot, compact, warps, stages):
+    kw = {
+        "BLOCK_N": block_n,
+        "BLOCK_K": block_k,
+        "K_ITERS": chunk // block_k,
+        "USE_DOT": use_dot,
+        "COMPACT": compact,
+    }
+    return triton.Config(kw, num_warps=warps, num_stages=stages)
+
+
+@functools.lru_cache(maxsize=2)
+def _all_configs(interpret: bool) -> tuple:
+    if interpret:
+        # One small config under TRITON_INTERPRET=1 (autotuning would time every config on the
+        # CPU): small enough that odd test shapes span several column tiles and K splits.
+        return (_make(32, 32, 64, 0, 0, 4, 1),)
+    out = []
+    for compact in (0, 1):
+        for block_n, block_k, warps in _FMA_TILES:
+            for chunk in _CHUNKS_K:
+                for stages in _FMA_STAGES:
+                    out.append(_make(block_n, block_k, chunk, 0, compact, warps, stages))
+        for block_n, block_k, warps in _DOT_TILES:
+            for chunk in _CHUNKS_K:
+                for stages in _DOT_STAGES:
+                    out.append(_make(block_n, block_k, chunk, 1, compact, warps, stages))
+    return tuple(out)
+
+
+def get_autotune_configs(interpret: bool | None = None) -> list:
+    """The autotune config list (a single small config under the Triton interpreter)."""
+    return list(_all_configs(interpret_mode() if interpret is None else interpret))
+
+
+@functools.lru_cache(maxsize=1)
+def _sm_count() -> int:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(
+                torch.cuda.current_device()
+            ).multi_processor_count
+    except Exception:  # pragma: no cover - no device / driver trouble: fall back to H100
+        pass
+    return DEFAULT_SM_COUNT
+
+
+def _fits_registers(kw: dict, warps: int, block_m: int) -> bool:
+    """FMA path: the fp32 accumulators [BLOCK_M x BLOCK_K, BLOCK_N] must fit ~64 registers per
+    thread (plus the weight tile), or occupancy and bytes in flight collapse. COMPACT: the
+    union mask of the chunk is built from M rows x CHUNK entries of x held in registers."""
+    threads = 32 * warps
+    if not kw["USE_DOT"] and block_m * kw["BLOCK_K"] * kw["BLOCK_N"] > 64 * threads:
+        return False
+    if kw.get("COMPACT", 0) and block_m * kw["BLOCK_K"] * kw["K_ITERS"] > 32 * threads:
+        return False
+    return True
+
+
+def column_tiles(segment_ends: tuple, block_n: int) -> int:
+    """Column tiles of the grid: each segment is tiled on its own (a tile never mixes two
+    segments' thresholds), so every segment may end with a partial tile."""
+    tiles, start = 0, 0
+    for end in segment_ends:
+        tiles += -(-(end - start) // block_n)
+        start = end
+    return tiles
+
+
+@functools.lru_cache(maxsize=4096)
+def _prune_cached(
+    configs: tuple, segment_ends: tuple, k: int, mb: int, sb: int, elem: int, sms: int
+) -> tuple:
+    if len(configs) <= 1:
+        return configs
+    n = segment_ends[-1]
+    min_chunk = min(c.kwargs["BLOCK_K"] * c.kwargs["K_ITERS"] for c in configs)
+    lo, hi, target = sms, 16 * sms, 4 * sms
+    scored = []
+    for cfg in configs:
+        kw = cfg.kwargs
+        use_dot = kw["USE_DOT"]
+        compact = kw.get("COMPACT", 0)
+        if (mb >= 8 and not use_dot) or (mb == 1 and use_dot):
+            continue
+        if compact and sb in (1, 2):  # < 50% dropped: masked rows cost little, skip the scan
+            continue
+        if not _fits_registers(kw, cfg.num_warps, mb):
+            continue
+        chunk = kw["BLOCK_K"] * kw["K_ITERS"]
+        if chunk > k and chunk > min_chunk:  # longer chunks than K only repeat the shortest
+            continue
+        if kw["BLOCK_N"] > max(64, triton.next_power_of_2(n)):
+            continue
+        splits = num_k_splits(k, kw)
+        # fp32 partials written + read, relative to the dense weight bytes.
+        overhead = (splits * mb * 4 * 2) / max(1, k * elem)
+        if splits > 1 and overhead > MAX_PARTIAL_OVERHEAD:
+            continue
+        ctas = column_tiles(segment_ends, kw["BLOCK_N"]) * splits
+        outside = 0 if lo <= ctas <= hi else 1
+        tile = (kw["BLOCK_N"], kw["BLOCK_K"], use_dot, compact, cfg.num_warps, cfg.num_stages)
+        scored.append((outside, abs(math.log2(ctas / target)), len(scored), tile, cfg))
+    if not scored:  # nothing fits the rules: keep the smallest tile
+        return (min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
+    scored.sort(key=lambda t: t[:3])
+    # Round robin over tiles: every tile's best split-K first, then every tile's second best,
+    # so the candidates differ in tile shape and in split-K rather than repeating one of them.
+    # The masked and the compacting variants alternate, so both are timed at high sparsity.
+    rank_in_tile: dict = {}
+    by_variant: dict = {0: [], 1: []}
+    for entry in scored:
+        r = rank_in_tile.get(entry[3], 0)
+        rank_in_tile[entry[3]] = r + 1
+        by_variant[entry[3][3]].append((entry[0], r, entry[1], entry[2], entry[4]))
+    for lst in by_variant.values():
+        lst.sort(key=lambda t: t[:4])
+    merged = []
+    for i in range(max(len(v) for v in by_variant.values())):
+        merged += [v[i] for v in by_variant.values() if i < len(v)]
+    merged.sort(key=lambda t: t[0])  # stable: in-range CTA counts first
+    return tuple(t[4] for t in merged[:MAX_CANDIDATES])
+
+
+def _segment_ends_from_args(args: dict) -> tuple:
+    n = int(args["N"])
+    ends = []
+    for i in range(MAX_SEGMENTS):
+        e = int(args[f"E{i}"])
+        ends.append(e)
+        if e >= n:
+            break
+    return tuple(ends)
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` hook (signature of triton >= 3.x: configs, named_args, **kwargs).
+
+    Keeps the configs that suit the path for this M bucket, fit the registers, fill the SMs and
+    keep split-K partial traffic small, ranked by how close the CTA count is to 4 waves."""
+    args = {**named_args, **kwargs}
+    return list(
+        _prune_cached(
+            tuple(configs),
+            _segment_ends_from_args(args),
+            int(args["K"]),
+            int(args["M_BUCKET"]),
+            int(args["SPARSITY_BUCKET"]),
+            int(args["x_ptr"].element_size()),
+            _sm_count(),
+        )
+    )
+
+
+def candidate_configs(segment_ends: tuple, k: int, mb: int, sb: int, elem_size: int) -> list:
+    """The configs the autotuner will consider for this shape (same rules as the pruner)."""
+    configs = _all_configs(interpret_mode())
+    if len(configs) <= 1:
+        return list(configs)
+    ends = tuple(segment_ends)
+    return list(_prune_cached(configs, ends, k, mb, sb, elem_size, _sm_count()))
+
+
+def _short_bench(kernel_call, quantiles):
+    # Short timing windows: ~12 candidates x ~30 ms per tuning key instead of 12 x 125 ms.
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+def autotune_kwargs() -> dict:
+    """Keyword arguments for ``triton.autotune`` besides ``configs``."""
+    params = inspect.signature(triton.autotune).parameters
+    kw = {
+        "key": ["N", "K", "M_BUCKET", "SPARSITY_BUCKET"],  # + every tensor arg's dtype (Triton)
+        "prune_configs_by": {"early_config_prune": prune_configs},
+    }
+    if "cache_results" in params:  # triton >= 3.4: timings kept on disk across processes
+        kw["cache_results"] = True
+    if "do_bench" in params:
+        kw["do_bench"] = _short_bench
+    return kw

@@ -1,0 +1,531 @@
+"""Threshold-sparse GEMV for decode: y = where(|x| > tau, x, 0) @ weight_t (+ bias).
+
+Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
+
+* Weight stored transposed, ``weight_t [K, N]`` row-major: input channel k is one contiguous
+  row of N elements. A CTA owns BLOCK_N columns of ONE segment and a chunk of CHUNK_K =
+  BLOCK_K * K_ITERS rows (split-K). Grid = (column tiles of all segments, cdiv(K, CHUNK_K)),
+  sized by the autotuner so that the CTAs fill the 132 SMs (see ``autotune_configs``).
+* Each loop iteration loads BLOCK_K entries of x for all M rows and the segment's thresholds,
+  computes keep[m, k] = |x[m, k]| > tau[seg, k] (fp32 compare: exact for every input dtype),
+  and loads the weight tile with the row mask any_m(keep[:, k]): a channel dropped by every row
+  is never requested from memory (masked-off lanes issue no load; the mask is constant along a
+  whole row, so all of the row's 16-byte vector loads are predicated off). x and tau for the
+  next iteration are loaded before the current tile is consumed, so the weight loads never
+  wait on the x -> mask dependency.
+* COMPACT variant (offered to the autotuner for sparsity hints >= 50% or unknown): each CTA
+  first lists the kept channels of its chunk (union over rows, one prefix sum, written to its
+  own slice of an int32 scratch buffer), then every iteration reads BLOCK_K *kept* rows. The
+  masked variant's bytes in flight per iteration shrink with the sparsity (BLOCK_K rows of
+  which a fraction is kept), this one's do not; it pays one scan per CTA.
+* Exact per-row semantics: row m multiplies only its own kept entries (x is zeroed per (m, k));
+  the union over rows only decides what is read.
+* Segments (sibling linears sharing x, concatenated along N): tiles are laid out per segment
+  (a segment's last tile may be partial and is bounds-masked), so a tile never mixes two
+  segments' thresholds; the tile -> segment map is a few scalar ops on the segment ends, which
+  come as plain integer arguments (no device table, nothing to copy at launch; up to 8).
+* M = 1, 2, 4 (FMA path): one elementwise fp32 accumulator [BLOCK_K, BLOCK_N] per row, in the
+  weight tile's own layout, reduced over K once after the loop. M >= 5 (and M in {2, 4} where
+  the tuner prefers it): ``tl.dot`` with x padded to 16 rows (mma, fp32 accumulation; fp32
+  inputs use ``input_precision="ieee"``, not TF32).
+* Reduction across K splits: every CTA writes its fp32 partial [M, BLOCK_N] into an fp32
+  workspace [splits, M, N] and a second tiny kernel sums the splits, adds the bias and casts
+  to x's dtype. Chosen over atomics because (1) no fp16/bf16 atomics (precision; bf16 atomics
+  are missing on several targets and in the interpreter), (2) fp32 atomics would need a zeroed
+  buffer (an extra memset launch) and ``reset_to_zero`` during autotuning, and a cast kernel
+  anyway, (3) the result is bitwise reproducible run to run (fixed summation order). The
+  partials are <= ~10% of the weight bytes (the pruner enforces it) and mostly stay in L2.
+  The number of splits depends on the autotuned config, which the host does not know when it
+  launches the reduction: the GEMV kernel writes it to a one-int device buffer that the
+  reduction reads, and the workspace is sized for the largest split count among the configs
+  the tuner may pick for this shape. Only torch.empty is used (no memset, no host sync, no
+  data-dependent shapes): the launcher is CUDA-graph capturable once the shape is tuned
+  (run one call before capture; autotuning itself cannot run inside a capture).
+* Interpreter (TRITON_INTERPRET=1) workarounds, compiled out on the GPU: its ``tl.dot`` treats
+  bf16 as integers (operands are upcast to fp32 there) and its fp32 -> bf16 cast truncates
+  (rounded to nearest even by hand there).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from .autotune_configs import (
+    MAX_M,
+    MAX_SEGMENTS,
+    autotune_kwargs,
+    candidate_configs,
+    column_tiles,
+    get_autotune_configs,
+    interpret_mode,
+    m_bucket,
+    num_k_splits,
+    sparsity_bucket,
+)
+
+__all__ = ["sparse_gemv", "last_autotune_config", "SUPPORTED_DTYPES"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _compact_chunk(x_ptr, thr_ptr, list_ptr, M, K, stride_xm, k_start,
+                   M_ROWS: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+    """COMPACT variant, once per CTA: write the channels of [k_start, k_start + CHUNK) kept by
+    at least one row of x, in increasing order, to list_ptr[0:count] (this CTA's own slice of
+    an int32 scratch buffer); return count. The main loop then reads BLOCK_K kept rows per
+    iteration however sparse x is, instead of BLOCK_K rows of which only a few are kept."""
+    offs = k_start + tl.arange(0, CHUNK)
+    ok = offs < K
+    zc = tl.zeros([CHUNK], dtype=tl.int32)
+    thr = tl.load(thr_ptr + offs, mask=ok, other=float("inf"))
+    kept = zc
+    for r in tl.static_range(M_ROWS):
+        xr = tl.load(x_ptr + r * stride_xm + offs, mask=ok & (zc < M - r), other=0.0)
+        kept = kept | (tl.abs(xr.to(tl.float32)) > thr).to(tl.int32)
+    pos = tl.cumsum(kept, axis=0) - 1
+    tl.store(list_ptr + pos, offs, mask=kept > 0)
+    tl.debug_barrier()  # the list is read back by other threads of this CTA
+    return tl.sum(kept, axis=0)
+
+
+@triton.jit
+def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, offs_n,
+              n_mask, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              K_ITERS: tl.constexpr, COMPACT: tl.constexpr):  # fmt: skip
+    """CUDA-core path for 1, 2 or 4 rows: one elementwise fp32 accumulator [BLOCK_K, BLOCK_N]
+    per row (reduced over K once, after the loop), all in the weight tile's own layout.
+    (Rows are written out, not loaded by a helper: nested jit calls are slow in the
+    interpreter; on the GPU both inline to the same code.)"""
+    # rows of this iteration: contiguous channels, or the next BLOCK_K entries of the list
+    j = tl.arange(0, BLOCK_K)
+    if COMPACT:
+        ok = j < count
+        offs_k = tl.load(list_ptr + j, mask=ok, other=0)
+    else:
+        offs_k = k_start + j
+        ok = offs_k < K
+    # rows >= M read nothing and are 0 (zk < M - r is a tensor compare: the interpreter
+    # rejects scalar-bool masks)
+    zk = tl.zeros([BLOCK_K], dtype=tl.int32)
+    thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
+    x0 = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)
+    acc0 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    if BLOCK_M >= 2:
+        x_1 = x_ptr + stride_xm
+        x1 = tl.load(x_1 + offs_k, mask=ok & (zk < M - 1), other=0.0).to(tl.float32)
+        acc1 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    if BLOCK_M >= 4:
+        x_2 = x_ptr + 2 * stride_xm
+        x_3 = x_ptr + 3 * stride_xm
+        x2 = tl.load(x_2 + offs_k, mask=ok & (zk < M - 2), other=0.0).to(tl.float32)
+        x3 = tl.load(x_3 + offs_k, mask=ok & (zk < M - 3), other=0.0).to(tl.float32)
+        acc2 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    for _ in range(K_ITERS):
+        # keep[m, k]: rows out of range have thr = +inf, rows >= M have x = 0: both dropped
+        keep0 = tl.abs(x0) > thr
+        row_kept = keep0
+        if BLOCK_M >= 2:
+            keep1 = tl.abs(x1) > thr
+            row_kept = row_kept | keep1
+        if BLOCK_M >= 4:
+            keep2 = tl.abs(x2) > thr
+            keep3 = tl.abs(x3) > thr
+            row_kept = row_kept | keep2 | keep3
+        # the union over rows decides which weight rows are read at all
+        w_ptrs = w_ptr + offs_k[:, None] * N + offs_n[None, :]
+        w = tl.load(w_ptrs, mask=row_kept[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+        # prefetch the next rows' x / thresholds while the weight tile is in flight
+        j += BLOCK_K
+        if COMPACT:
+            ok = j < count
+            offs_k = tl.load(list_ptr + j, mask=ok, other=0)
+        else:
+            offs_k = k_start + j
+            ok = offs_k < K
+        thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
+        # each row multiplies only its own kept channels
+        acc0 += tl.where(keep0, x0, 0.0)[:, None] * w
+        x0 = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)
+        if BLOCK_M >= 2:
+            acc1 += tl.where(keep1, x1, 0.0)[:, None] * w
+            x1 = tl.load(x_1 + offs_k, mask=ok & (zk < M - 1), other=0.0).to(tl.float32)
+        if BLOCK_M >= 4:
+            acc2 += tl.where(keep2, x2, 0.0)[:, None] * w
+            acc3 += tl.where(keep3, x3, 0.0)[:, None] * w
+            x2 = tl.load(x_2 + offs_k, mask=ok & (zk < M - 2), other=0.0).to(tl.float32)
+            x3 = tl.load(x_3 + offs_k, mask=ok & (zk < M - 3), other=0.0).to(tl.float32)
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    part = tl.where(rows == 0, tl.sum(acc0, axis=0)[None, :], 0.0)
+    if BLOCK_M >= 2:
+        part = tl.where(rows == 1, tl.sum(acc1, axis=0)[None, :], part)
+    if BLOCK_M >= 4:
+        part = tl.where(rows == 2, tl.sum(acc2, axis=0)[None, :], part)
+        part = tl.where(rows == 3, tl.sum(acc3, axis=0)[None, :], part)
+    return part
+
+
+@triton.jit
+def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, offs_n,
+              n_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr,
+              COMPACT: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+    """Tensor-core path: x (padded to 16 rows) @ weight tile, fp32 accumulator [16, BLOCK_N]."""
+    offs_m = tl.arange(0, 16)  # mma needs >= 16 rows: x is padded with masked rows
+    m_mask = offs_m < M
+    j = tl.arange(0, BLOCK_K)
+    if COMPACT:
+        ok = j < count
+        offs_k = tl.load(list_ptr + j, mask=ok, other=0)
+    else:
+        offs_k = k_start + j
+        ok = offs_k < K
+    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & ok[None, :], other=0.0)
+    thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
+    acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
+    for _ in range(K_ITERS):
+        keep = (tl.abs(x.to(tl.float32)) > thr[None, :]) & m_mask[:, None]
+        row_kept = tl.max(keep.to(tl.int32), axis=0) > 0  # union over the rows
+        w_ptrs = w_ptr + offs_k[:, None] * N + offs_n[None, :]
+        w = tl.load(w_ptrs, mask=row_kept[:, None] & n_mask[None, :], other=0.0)
+        j += BLOCK_K
+        if COMPACT:
+            ok = j < count
+            offs_k = tl.load(list_ptr + j, mask=ok, other=0)
+        else:
+            offs_k = k_start + j
+            ok = offs_k < K
+        x_next = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & ok[None, :], other=0.0)
+        thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
+        xm = tl.where(keep, x, tl.zeros_like(x))  # exact zeros in x's own dtype
+        if INTERPRET:  # interpreter only: its tl.dot multiplies bf16 bit patterns as ints
+            acc = tl.dot(xm.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        elif x_ptr.dtype.element_ty == tl.float32:
+            acc = tl.dot(xm, w, acc, input_precision="ieee")  # no TF32
+        else:
+            acc = tl.dot(xm, w, acc)  # fp16/bf16 products are exact in the fp32 accumulator
+        x = x_next
+    return acc
+
+
+@triton.jit(do_not_specialize=["SPARSITY_BUCKET"])
+def _sparse_gemv_kernel(
+    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base,
+    M, N, K, stride_xm, stride_thr,
+    E0, E1, E2, E3, E4, E5, E6, E7,
+    SPARSITY_BUCKET,
+    M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
+    COMPACT: tl.constexpr,
+):  # fmt: skip
+    """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
+    Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N]."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+
+    # column tile -> (segment, first column, segment end). Tiles are numbered segment after
+    # segment; a tile at or after a segment's first tile belongs to it unless a later segment
+    # claims it. Unused trailing ends equal N (empty segments: they claim nothing).
+    # (Written out, not as a helper: nested jit calls are slow in the interpreter.)
+    n0 = pid_n * BLOCK_N
+    n_end = E0
+    seg = 0
+    base = (E0 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E0 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E1, n_end)
+    seg = tl.where(inside, 1, seg)
+    base += (E1 - E0 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E1 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E2, n_end)
+    seg = tl.where(inside, 2, seg)
+    base += (E2 - E1 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E2 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E3, n_end)
+    seg = tl.where(inside, 3, seg)
+    base += (E3 - E2 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E3 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E4, n_end)
+    seg = tl.where(inside, 4, seg)
+    base += (E4 - E3 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E4 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E5, n_end)
+    seg = tl.where(inside, 5, seg)
+    base += (E5 - E4 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E5 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E6, n_end)
+    seg = tl.where(inside, 6, seg)
+    base += (E6 - E5 + BLOCK_N - 1) // BLOCK_N
+    inside = pid_n >= base
+    n0 = tl.where(inside, E6 + (pid_n - base) * BLOCK_N, n0)
+    n_end = tl.where(inside, E7, n_end)
+    seg = tl.where(inside, 7, seg)
+    if SEG_ALIGNED:  # every segment end is a multiple of 16: lets loads vectorise
+        n0 = tl.multiple_of(n0, 16)
+        n_end = tl.multiple_of(n_end, 16)
+
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < n_end
+    k_start = pid_k * (BLOCK_K * K_ITERS)
+    thr_row = thr_ptr + seg * stride_thr
+    if COMPACT:
+        list_ptr = list_base + (pid_k * tl.num_programs(0) + pid_n) * (BLOCK_K * K_ITERS)
+        count = _compact_chunk(x_ptr, thr_row, list_ptr, M, K, stride_xm, k_start,
+                               M_BUCKET, BLOCK_K * K_ITERS)  # fmt: skip
+    else:
+        list_ptr = list_base
+        count = 0
+
+    if USE_DOT or M_BUCKET > 4:  # the FMA path carries at most 4 rows
+        part = _dot_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
+                         offs_n, n_mask, BLOCK_N, BLOCK_K, K_ITERS, COMPACT,
+                         INTERPRET)  # fmt: skip
+        offs_m = tl.arange(0, 16)
+    else:
+        part = _fma_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
+                         offs_n, n_mask, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
+                         COMPACT)  # fmt: skip
+        offs_m = tl.arange(0, M_BUCKET)
+
+    p_ptrs = part_ptr + pid_k * (M * N) + offs_m[:, None] * N + offs_n[None, :]
+    tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
+    # the reduction kernel learns the split count of the config that actually ran
+    tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
+                          HAS_BIAS: tl.constexpr, MAX_SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+                          INTERPRET: tl.constexpr):  # fmt: skip
+    """y[m, n] = cast(sum_s part[s, m, n] + bias[n]); fixed order, fp32."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    nsplit = tl.load(nsplit_ptr)
+    s = tl.arange(0, MAX_SPLIT)
+    vals = tl.load(
+        part_ptr + s[:, None] * MN + offs[None, :],
+        mask=(s[:, None] < nsplit) & mask[None, :],
+        other=0.0,
+    )
+    acc = tl.sum(vals, axis=0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    if INTERPRET and y_ptr.dtype.element_ty == tl.bfloat16:
+        # the interpreter truncates fp32 -> bf16; round to nearest even by hand as the GPU does
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        out = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs, out, mask=mask)
+
+
+_sparse_gemv_autotuned = triton.autotune(configs=get_autotune_configs(), **autotune_kwargs())(
+    _sparse_gemv_kernel
+)
+
+
+def last_autotune_config() -> dict | None:
+    """The config the autotuned kernel used in its most recent launch (None before any)."""
+    cfg = getattr(_sparse_gemv_autotuned, "best_config", None)
+    if cfg is None:
+        return None
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _fail(msg: str):
+    raise ValueError(f"sparse_gemv: {msg}")
+
+
+def _check_segment_ends(segment_ends, n: int) -> tuple:
+    if isinstance(segment_ends, torch.Tensor):
+        _fail("segment_ends must be a sequence of Python ints, not a tensor (it sets the grid)")
+    try:
+        ends = tuple(operator.index(e) for e in segment_ends)
+    except TypeError:
+        _fail(f"segment_ends must be a sequence of ints, got {segment_ends!r}")
+    if not ends:
+        _fail("segment_ends is empty")
+    if len(ends) > MAX_SEGMENTS:
+        _fail(f"at most {MAX_SEGMENTS} segments are supported, got {len(ends)}")
+    prev = 0
+    for e in ends:
+        if e <= prev:
+            _fail(f"segment_ends must be strictly increasing positive ints, got {list(ends)}")
+        prev = e
+    if ends[-1] != n:
+        _fail(f"segment_ends[-1] must equal N = {n} (weight_t.shape[1]), got {ends[-1]}")
+    return ends
+
+
+def _validate(x, weight_t, thresholds, segment_ends, bias):
+    for name, t in (("x", x), ("weight_t", weight_t), ("thresholds", thresholds)):
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        _fail(f"x dtype {x.dtype} is not supported (float16, bfloat16, float32)")
+    if x.dim() != 2:
+        _fail(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    m, k = x.shape
+    if not 1 <= m <= MAX_M:
+        _fail(f"M = x.shape[0] must be in 1..{MAX_M} (decode GEMV), got {m}")
+    if weight_t.dim() != 2 or weight_t.shape[0] != k:
+        _fail(f"weight_t must be [K, N] with K = {k}, got shape {tuple(weight_t.shape)}")
+    if weight_t.dtype != x.dtype:
+        _fail(f"weight_t dtype {weight_t.dtype} differs from x dtype {x.dtype}")
+    if not weight_t.is_contiguous():
+        _fail("weight_t must be contiguous [K, N] row-major (store the weight transposed once)")
+    n = weight_t.shape[1]
+    if k == 0 or n == 0:
+        _fail(f"empty problem: K = {k}, N = {n}")
+    if k * n >= 2**31:
+        _fail(f"K * N = {k * n} exceeds int32 indexing (2**31 elements)")
+    ends = _check_segment_ends(segment_ends, n)
+    if thresholds.dtype != torch.float32:
+        _fail(f"thresholds must be float32, got {thresholds.dtype}")
+    if thresholds.dim() != 2 or tuple(thresholds.shape) != (len(ends), k):
+        _fail(
+            f"thresholds shape must be [S, K] = [{len(ends)}, {k}] "
+            f"(one row per segment), got {tuple(thresholds.shape)}"
+        )
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            _fail(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.dim() != 1 or bias.shape[0] != n:
+            _fail(f"bias must be [N] = [{n}], got shape {tuple(bias.shape)}")
+        if not bias.dtype.is_floating_point:
+            _fail(f"bias must be floating point, got {bias.dtype}")
+    devices = {t.device for t in (x, weight_t, thresholds) + ((bias,) if bias is not None else ())}
+    if len(devices) != 1:
+        _fail(f"all tensors must be on one device, got {sorted(str(d) for d in devices)}")
+    device = x.device
+    if device.type != "cuda" and not interpret_mode():
+        _fail(f"tensors must be on a CUDA device (or run with TRITON_INTERPRET=1), got {device}")
+    return m, k, n, ends
+
+
+@functools.lru_cache(maxsize=4096)
+def _workspace_sizes(ends: tuple, k: int, mb: int, sb: int, elem: int) -> tuple:
+    """(largest split count, largest compaction scratch in int32 elements) over the configs
+    the autotuner may pick for this shape."""
+    return _sizes_for(candidate_configs(ends, k, mb, sb, elem), ends, k)
+
+
+def _sizes_for(configs, ends: tuple, k: int) -> tuple:
+    max_splits, max_list = 1, 1
+    for c in configs:
+        kw = c.kwargs if hasattr(c, "kwargs") else c
+        splits = num_k_splits(k, kw)
+        max_splits = max(max_splits, splits)
+        if kw.get("COMPACT", 0):
+            chunk = kw["BLOCK_K"] * kw["K_ITERS"]
+            max_list = max(max_list, column_tiles(ends, kw["BLOCK_N"]) * splits * chunk)
+    return max_splits, max_list
+
+
+def _grid(ends: tuple, k: int):
+    def grid(meta):
+        return (
+            column_tiles(ends, meta["BLOCK_N"]),
+            num_k_splits(k, meta),
+        )
+
+    return grid
+
+
+def sparse_gemv(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    thresholds: torch.Tensor,
+    segment_ends: Sequence[int],
+    bias: torch.Tensor | None = None,
+    *,
+    sparsity_hint: float | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """x [M, K] (M 1..16), weight_t [K, N] contiguous, thresholds [S, K] fp32, segment_ends
+    increasing, last == N; bias [N] or None. Returns y [M, N] in x.dtype with
+    y[m, n] = sum_k where(|x[m,k]| > thresholds[seg(n), k], x[m,k], 0) * weight_t[k, n] + bias[n].
+
+    ``sparsity_hint``: expected fraction of dropped channels (e.g. the schedule's target); it
+    only selects the autotuning bucket. ``config``: bypass autotuning with explicit meta
+    parameters {BLOCK_N, BLOCK_K, K_ITERS, USE_DOT, COMPACT (default 0), num_warps,
+    num_stages} (tests, tuning).
+    """
+    m, k, n, ends = _validate(x, weight_t, thresholds, segment_ends, bias)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if thresholds.stride(1) != 1:
+        thresholds = thresholds.contiguous()
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
+    mb = m_bucket(m)
+    sb = sparsity_bucket(sparsity_hint)
+    elem = x.element_size()
+    seg_aligned = all(e % 16 == 0 for e in ends)
+    e_args = list(ends) + [n] * (MAX_SEGMENTS - len(ends))
+
+    required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
+    if config is not None:
+        missing = [key for key in required if key not in config]
+        if missing:
+            _fail(f"config is missing {missing}")
+        if (config["USE_DOT"] or mb > 4) and config["BLOCK_K"] < 16:
+            _fail("config: the dot path (USE_DOT or M > 4) needs BLOCK_K >= 16")
+        meta = {key: int(config[key]) for key in required}
+        meta["COMPACT"] = int(config.get("COMPACT", 0))
+        pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
+        if meta["COMPACT"]:
+            pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
+        if any(v < 1 or v & (v - 1) for v in pow2) or meta["K_ITERS"] < 1:
+            _fail(
+                "config: BLOCK_N, BLOCK_K (and BLOCK_K * K_ITERS with COMPACT) must be powers of 2"
+            )
+        max_splits, list_size = _sizes_for([meta], ends, k)
+    else:
+        max_splits, list_size = _workspace_sizes(ends, k, mb, sb, elem)
+
+    device = x.device
+    max_split_p2 = triton.next_power_of_2(max_splits)
+    partials = torch.empty((max_splits * m * n,), dtype=torch.float32, device=device)
+    nsplit = torch.empty((1,), dtype=torch.int32, device=device)
+    kept_lists = torch.empty((list_size,), dtype=torch.int32, device=device)
+    y = torch.empty((m, n), dtype=x.dtype, device=device)
+
+    args = (
+        x, weight_t, thresholds, partials, nsplit, kept_lists,
+        m, n, k, x.stride(0), thresholds.stride(0),
+        *e_args,
+        sb, mb, seg_aligned, interpret_mode(),
+    )  # fmt: skip
+    grid = _grid(ends, k)
+    if config is None:
+        _sparse_gemv_autotuned[grid](*args)
+    else:
+        _sparse_gemv_kernel[grid](
+            *args,
+            **meta,
+            num_warps=config.get("num_warps", 4),
+            num_stages=config.get("num_stages", 1),
+        )
+
+    block = max(32, min(1024, 8192 // max_split_p2))
+    _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
+        partials, nsplit, bias if bias is not None else partials, y, m * n, n,
+        HAS_BIAS=bias is not None, MAX_SPLIT=max_split_p2, BLOCK=block,
+        INTERPRET=interpret_mode(), num_warps=4,
+    )  # fmt: skip
+    return y

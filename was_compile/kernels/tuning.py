@@ -1,0 +1,123 @@
+"""Ahead-of-time autotuning of the sparse GEMV for a model's linear shapes (``was tune MODEL``).
+
+Each (N, K, M, sparsity) runs the kernel once on the current CUDA device, which makes Triton's
+autotuner time the candidate configs for that tuning key (N, K, M bucket, sparsity bucket,
+dtype) and, with ``cache_results`` (Triton >= 3.4), store the timings on disk so later
+processes start tuned. The chosen config and the median time of the tuned kernel are recorded,
+next to dense cuBLAS (``F.linear`` on the [N, K] weight) for the same shape.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .autotune_configs import m_bucket, sparsity_bucket
+
+__all__ = ["tune_shapes", "make_weight_t", "make_activations"]
+
+
+def make_weight_t(n: int, k: int, dtype: torch.dtype, device, seed: int = 0) -> torch.Tensor:
+    """Random weight_t [K, N] ~ N(0, 1/K), made on the device (fast for 8B-model shapes)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    w = torch.randn(k, n, generator=g, device=device, dtype=torch.float32)
+    return w.mul_(k**-0.5).to(dtype)
+
+
+def make_activations(
+    m: int,
+    k: int,
+    sparsity: float,
+    dtype: torch.dtype,
+    device,
+    n_segments: int = 1,
+    seed: int = 0,
+):
+    """Realistic decode activations and thresholds: x ~ Laplace(0, 1) times a per-channel scale
+    (activations have per-channel scales); thresholds at the quantile of |x| that drops
+    ``sparsity`` of one row's channels (per channel: thr[k] = scale[k] * q, with q the Laplace
+    quantile), the same for every segment. Rows are independent, so for M > 1 the union of the
+    rows' kept channels is denser (1 - sparsity**M in expectation).
+    Returns x [M, K] and thresholds [S, K] fp32."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    scale = torch.rand(k, generator=g) * 1.5 + 0.25
+    u = torch.rand(m, k, generator=g).clamp(1e-6, 1 - 1e-6) - 0.5
+    lap = -torch.sign(u) * torch.log1p(-2 * u.abs())  # Laplace(0, 1)
+    x = (lap * scale).to(device=device, dtype=dtype)
+    if sparsity <= 0.0:
+        thr_row = torch.full((k,), -1.0)  # nothing dropped: |x| >= 0 > -1
+    elif sparsity >= 1.0:
+        thr_row = torch.full((k,), float("inf"))
+    else:
+        q = -float(torch.log1p(torch.tensor(-float(sparsity))))  # P(|Laplace| <= q) = sparsity
+        thr_row = scale * q
+    thr = thr_row.float().expand(n_segments, k).contiguous().to(device)
+    return x, thr
+
+
+def _config_str(cfg: dict | None) -> str:
+    if not cfg:
+        return "?"
+    return ",".join(f"{k}={v}" for k, v in cfg.items())
+
+
+def tune_shapes(
+    shapes: list[tuple[int, int]],
+    dtype: torch.dtype,
+    m_values=(1, 2, 4, 8),
+    sparsities=(0.0, 0.5),
+    segments: dict | None = None,
+) -> list[dict]:
+    """Trigger and record the autotune choice for every (N, K, M, sparsity).
+
+    ``shapes``: (N, K) pairs (N = output features of the fused linear, K = input features).
+    ``segments``: optional {(N, K): segment_ends} for fused siblings (q|k|v, gate|up); without
+    it a shape is one segment. Each sparsity is tuned under its own sparsity bucket
+    (``sparsity_hint=s``); one more run per (N, K, M), on data of the largest sparsity, tunes
+    the "unknown" bucket that calls without a hint use (``sparsity_hint`` None in the row).
+    Returns rows {N, K, M, sparsity, sparsity_hint, config, time_us, cublas_us}."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "tune_shapes needs a CUDA device: Triton autotuning times kernels on the GPU "
+            "(torch.cuda.is_available() is False)"
+        )
+    import triton.testing
+
+    from .triton_sparse_gemv import last_autotune_config, sparse_gemv
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    rows = []
+    for n, k in shapes:
+        ends = list((segments or {}).get((n, k), [n]))
+        w_t = make_weight_t(n, k, dtype, device)
+        w_dense = w_t.t().contiguous()  # [N, K] for cuBLAS
+        for m in m_values:
+            m_bucket(m)  # validates M
+            runs = [(s, s) for s in sparsities] + [(max(sparsities, default=0.5), None)]
+            for s, hint in runs:
+                x, thr = make_activations(m, k, s, dtype, device, len(ends), seed=m)
+                fn = functools.partial(sparse_gemv, x, w_t, thr, ends, sparsity_hint=hint)
+                fn()  # autotunes this key (or loads the cached choice)
+                torch.cuda.synchronize()
+                cfg = last_autotune_config()
+                t_ms = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+                cub = functools.partial(F.linear, x, w_dense)
+                cub_ms = triton.testing.do_bench(cub, warmup=10, rep=50, return_mode="median")
+                rows.append(
+                    {
+                        "N": n,
+                        "K": k,
+                        "M": m,
+                        "sparsity": s,
+                        "sparsity_hint": hint,
+                        "sparsity_bucket": sparsity_bucket(hint),
+                        "segment_ends": ends,
+                        "config": _config_str(cfg),
+                        "time_us": t_ms * 1e3,
+                        "cublas_us": cub_ms * 1e3,
+                    }
+                )
+        del w_t, w_dense
+    return rows
