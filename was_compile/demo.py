@@ -11,8 +11,11 @@ CPU speed column shows correctness, not the GPU kernels' speedup.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt", default="It is a truth universally acknowledged, that")
+    p.add_argument("--json", help="also write the table and generations to this JSON file")
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -130,6 +134,14 @@ def main(argv: list[str] | None = None) -> None:
           "measured = byte-weighted fraction of zeroed input channels")  # fmt: skip
     for label, text in texts.items():
         print(f"\n[{label}] {args.prompt}{text}")
+    if args.json:
+        keys = ("run", "target", "measured", "perplexity", "tokens_per_s", "speedup")
+        doc = {"device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+               "torch": torch.__version__, "model": description, "calibration": calib_desc,
+               "evaluation": eval_desc, "args": vars(args),
+               "rows": [dict(zip(keys, r)) for r in rows], "generations": texts}  # fmt: skip
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":
