@@ -9,14 +9,18 @@
 from . import kernels as _kernels  # noqa: F401  (registers torch.ops.was.*)
 from .errors import InferenceOnlyError, MissingScheduleError, ScheduleMismatchError, WasError
 from .schedules.calibration import Calibration, calibrate
+from .schedules.greedy import GreedyTrajectories, greedy_trajectories
 from .schedules.masking import masked_inputs, measured_sparsity
 from .schedules.methods import make_schedule
+from .schedules.refine import refine_schedule
 from .schedules.schedule_file import Schedule
+from .schedules.tpe import tpe_search
 from .sites import Site, find_sites
 from .version import __version__
 
 __all__ = [
     "Calibration",
+    "GreedyTrajectories",
     "InferenceOnlyError",
     "MissingScheduleError",
     "Schedule",
@@ -26,7 +30,10 @@ __all__ = [
     "__version__",
     "calibrate",
     "find_sites",
+    "greedy_trajectories",
     "make_schedule",
     "masked_inputs",
     "measured_sparsity",
+    "refine_schedule",
+    "tpe_search",
 ]

@@ -144,6 +144,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     cal = Calibration.load(args.calibration)
     options: dict = {}
+    model = tokenizer = None
     if args.method not in UNIFORM_METHODS:
         if args.method in TPE_METHODS and not args.eval_text:
             raise WasError(f"--method {args.method} needs --eval-text SOURCE (held-out text)")
@@ -164,6 +165,20 @@ def cmd_search(args: argparse.Namespace) -> int:
                 delta=args.delta,
             )
     schedule = make_schedule(cal, args.budget, args.method, **options)
+    if args.refine:
+        # Upstream sparsity shifts downstream inputs: re-read each site's threshold with the
+        # schedule applied, so measured sparsity matches the schedule's (schedules/refine.py).
+        from .schedules.refine import refine_schedule
+
+        if model is None:
+            model, tokenizer, model_desc = _load_model(args)
+            print(f"model: {model_desc}")
+        source = args.text or cal.data.get("text")
+        if not source:
+            raise WasError("the calibration does not name its text: pass --text SOURCE")
+        seq_len = int(cal.data.get("seq_len", args.seq_len))
+        ids, _ = _windows(tokenizer, source, seq_len, args.greedy_tokens)
+        schedule = refine_schedule(model, schedule, _batches(ids, args.batch_size), args.refine)
     schedule.save(args.out)
     print(schedule.table())
     print(f"schedule written to {args.out}")
@@ -322,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward (default 4)")
     p.add_argument("--trials", type=int, default=50, help="TPE trials in the study (50)")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=1,
+        help="passes re-reading thresholds with the schedule applied (1; 0 turns it off)",
+    )
     p.add_argument("--storage", help="SQLite file or RDB URL (default: OUT/tpe.db)")
     p.add_argument("--study-name", help="optuna study name (default: from model and budget)")
     p.add_argument("--seed", type=int, default=0)
