@@ -9,6 +9,7 @@ from tiny_models import batches, tiny_model
 
 import was_compile
 from was_compile.backend import last_compile_stats, prepare
+from was_compile.options import WasOptions
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,15 @@ def test_unknown_option_values_are_refused(llama):
             _compile(model, was_compile.make_schedule(cal, 0.5), prefill="maybe")(
                 torch.ones(1, 4, dtype=torch.long)
             )
+
+
+def test_options_parse_mode_and_inductor_keys(llama):
+    _, cal = llama
+    schedule = was_compile.make_schedule(cal, 0.5)
+    opts = WasOptions.parse({"schedule": schedule, "mode": "reduce-overhead", "max_autotune": 1})
+    assert opts.mode == "reduce-overhead" and opts.inductor_config == {"max_autotune": 1}
+    with pytest.raises(was_compile.WasError, match="max_decode_rows must be in 1..16"):
+        WasOptions.parse({"schedule": schedule, "max_decode_rows": 64})
 
 
 def test_sparsity_zero_sites_run_dense(llama):

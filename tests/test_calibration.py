@@ -14,15 +14,6 @@ from was_compile.schedules.masking import masked_inputs, measured_sparsity
 VOCAB = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two busy cores: one OpenMP thread is faster and steadier for these tiny shapes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_llama(seed: int = 0, layers: int = 2) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = T.LlamaConfig(

@@ -28,14 +28,6 @@ PROSE = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def char_tokenizer() -> T.PreTrainedTokenizerFast:
     """A character-level tokenizer built offline (vocabulary of 64)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers

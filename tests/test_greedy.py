@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as T
-from tiny_models import tiny_model
+from tiny_models import batches, tiny_model
 
 import was_compile
 from was_compile.errors import WasError
@@ -25,17 +25,8 @@ from was_compile.schedules.schedule_file import byte_weighted_sparsity
 VOCAB = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_batches(n: int, seed: int, seq: int = 32, batch: int = 2) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (batch, seq), generator=g) for _ in range(n)]
+    return batches(n, seq=seq, seed=seed, batch=batch, vocab=VOCAB)
 
 
 @pytest.fixture(scope="module")

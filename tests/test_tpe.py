@@ -21,6 +21,7 @@ import optuna
 import pytest
 import torch
 import transformers as T
+from tiny_models import batches
 
 import was_compile
 from was_compile.errors import WasError
@@ -35,17 +36,8 @@ BUDGET = 0.5
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_batches(n: int, seed: int, seq: int = 32, batch: int = 2) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (batch, seq), generator=g) for _ in range(n)]
+    return batches(n, seq=seq, seed=seed, batch=batch, vocab=VOCAB)
 
 
 @pytest.fixture(scope="module")

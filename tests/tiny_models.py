@@ -73,6 +73,9 @@ def tiny_model(family: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Modul
     return model
 
 
-def batches(n: int, seq: int = 24, seed: int = 1, batch: int = 2) -> list[torch.Tensor]:
+def batches(
+    n: int, seq: int = 24, seed: int = 1, batch: int = 2, vocab: int = VOCAB
+) -> list[torch.Tensor]:
+    """``n`` seeded batches of random token ids [batch, seq] (ids 0-2 left for specials)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (batch, seq), generator=g) for _ in range(n)]
+    return [torch.randint(3, vocab, (batch, seq), generator=g) for _ in range(n)]

@@ -164,7 +164,8 @@ def was_backend(gm: fx.GraphModule, example_inputs: list, **kwargs) -> object:
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    patches = {**list_mode_options(kwargs.get("mode") or "default"), **opts.inductor_config}
+    mode = opts.mode or kwargs.get("mode") or "default"
+    patches = {**list_mode_options(mode), **opts.inductor_config}
     return compile_fx(gm, example_inputs, config_patches=patches)
 
 

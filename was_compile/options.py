@@ -27,6 +27,8 @@ class WasOptions:
         above it the prefill path runs.
     compiler: ``"inductor"`` (default) or ``"eager"`` (run the rewritten graph as is, for
         debugging and fast CPU tests).
+    mode: a torch.compile mode (``"reduce-overhead"`` for CUDA graphs, ...). torch.compile
+        refuses ``mode=`` together with ``options=``, so it is given here.
     inductor_config: extra Inductor config patches (any option key not listed here).
     """
 
@@ -34,6 +36,7 @@ class WasOptions:
     prefill: str = "dense"
     max_decode_rows: int = 16
     compiler: str = "inductor"
+    mode: str | None = None
     inductor_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
