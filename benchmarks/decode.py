@@ -5,7 +5,8 @@ weights; thresholds from a calibration of this model on random tokens, so the sp
 real) run a static-KV-cache greedy decode loop, its one-token step compiled two ways in one
 process: dense with ``mode="reduce-overhead", fullgraph=True``, and ``backend="was"``
 (``make_schedule(cal, s, "was-uniform")``) with the same mode given as ``options={...,
-"mode": "reduce-overhead"}`` (``torch.compile`` refuses ``mode=`` with ``options=``). The prompt is prefilled by the eager model (dense, untimed); the timed
+"mode": "reduce-overhead"}`` (``torch.compile`` refuses ``mode=`` with ``options=``).
+The prompt is prefilled by the eager model (dense, untimed); the timed
 part is ``--new-tokens`` steps of ``--batch`` rows, CUDA events, median of ``--repeats`` runs.
 Dense runs first, before ``prepare`` re-lays the weights out in place for the sparse variants.
 
