@@ -24,7 +24,7 @@ from .options import WasOptions
 from .passes.detect_sites import GraphSite, detect_sites, find_attentions
 from .passes.rewrite_sparse_linear import GroupPlan, rewrite_sparse_linear
 from .passes.weight_layout import is_laid_out, lay_out_group
-from .schedules.schedule_file import Schedule
+from .schedules.schedule_file import Schedule, byte_weighted_sparsity
 from .sites import Site
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def _group_plans(
         gw, changed = lay_out_group(weights, layouts, biases)
         relaid |= changed
         taus = torch.stack([schedule.thresholds[m.name].float() for m in members])
-        plans.append(GroupPlan(members, gw, taus.to(gw.weight_t.device)))
+        hint = byte_weighted_sparsity([_public(m) for m in members], schedule.sparsity)
+        plans.append(GroupPlan(members, gw, taus.to(gw.weight_t.device), hint))
     return plans, relaid
 
 

@@ -36,12 +36,15 @@ def sparse_linear(
     bias: torch.Tensor | None,
     sparse_prefill: bool,
     max_decode_rows: int,
+    sparsity_hint: float = -1.0,
 ) -> torch.Tensor:
     """Thresholded linear over a group of sibling sites; see :func:`sparse_linear_reference`.
 
     x [..., K]; weight_t [K, N]; thresholds [S, K] fp32; segment_ends S ints, last == N;
     bias [N] or None. With at most ``max_decode_rows`` rows (tokens x batch) this is decode:
     the sparse kernel runs. Above it, prefill: dense unless ``sparse_prefill``.
+    ``sparsity_hint`` (the schedule's sparsity, or -1 for unknown) only picks the kernel's
+    autotuning bucket.
     """
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
@@ -50,13 +53,16 @@ def sparse_linear(
     if rows <= max_decode_rows and x.is_cuda and x.dtype in DECODE_DTYPES:
         gemv = _triton_gemv()
         if gemv is not None:
-            y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias)
+            hint = sparsity_hint if sparsity_hint >= 0 else None
+            y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias,
+                     sparsity_hint=hint)  # fmt: skip
             return y.reshape(*x.shape[:-1], weight_t.shape[1])
     return sparse_linear_reference(x, weight_t, thresholds, segment_ends, bias)
 
 
 @sparse_linear.register_fake
-def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_rows):
+def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_rows,
+      sparsity_hint=-1.0):  # fmt: skip
     torch._check(x.shape[-1] == weight_t.shape[0], lambda: "x and weight_t disagree on K")
     torch._check(thresholds.shape[0] == len(segment_ends), lambda: "one threshold row a segment")
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))

@@ -25,6 +25,7 @@ class GroupPlan:
     members: list[GraphSite]
     weights: GroupWeights
     thresholds: torch.Tensor
+    sparsity: float = -1.0  # the group's byte-weighted scheduled sparsity (kernel tuning hint)
 
 
 def _register(gm: fx.GraphModule, name: str, tensor: torch.Tensor) -> None:
@@ -63,7 +64,7 @@ def rewrite_sparse_linear(
             bias = graph.get_attr(f"{prefix}_bias") if plan.weights.bias is not None else None
             out = graph.call_function(
                 torch.ops.was.sparse_linear.default,
-                (x, w, tau, ends, bias, sparse_prefill, max_decode_rows),
+                (x, w, tau, ends, bias, sparse_prefill, max_decode_rows, plan.sparsity),
             )
             out.meta.update(first.meta)
         for member, (a, b) in zip(plan.members, plan.weights.columns):
