@@ -40,12 +40,6 @@ def last_compile_stats() -> dict:
     return {**_LAST_STATS, "graphs": _GRAPHS_SEEN[0]}
 
 
-def _public(s: GraphSite) -> Site:
-    lin = s.linear
-    return Site(s.name, s.kind, s.block, s.group, lin.in_features, lin.out_features,
-                lin.weight_layout)  # fmt: skip
-
-
 def _placeholder_values(gm: fx.GraphModule, example_inputs: list) -> dict[fx.Node, object]:
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     return dict(zip(phs, example_inputs))
@@ -70,7 +64,7 @@ def _check_schedule(sites: list[GraphSite], schedule: Schedule) -> None:
             f"{schedule.sites[0].name!r}; schedule fingerprint "
             f"{schedule.meta.get('fingerprint')})"
         )
-    schedule.check_fits([_public(s) for s in sites])
+    schedule.check_fits([Site.from_graph(s) for s in sites])
 
 
 def _sparse_groups(sites: list[GraphSite], schedule: Schedule) -> list[list[GraphSite]]:
@@ -105,7 +99,7 @@ def _group_plans(
         gw, changed = lay_out_group(weights, layouts, biases)
         relaid |= changed
         taus = torch.stack([schedule.thresholds[m.name].float() for m in members])
-        hint = byte_weighted_sparsity([_public(m) for m in members], schedule.sparsity)
+        hint = byte_weighted_sparsity([Site.from_graph(m) for m in members], schedule.sparsity)
         plans.append(GroupPlan(members, gw, taus.to(gw.weight_t.device), hint))
     return plans, relaid
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .passes.detect_sites import detect_sites, find_attentions
+from .passes.detect_sites import GraphSite, detect_sites, find_attentions
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ class Site:
         w = model.get_submodule(self.name).weight
         return w.t() if self.weight_layout == "in_out" else w
 
+    @classmethod
+    def from_graph(cls, s: GraphSite) -> Site:
+        """The public description of a site found in a graph."""
+        lin = s.linear
+        return cls(s.name, s.kind, s.block, s.group, lin.in_features, lin.out_features,
+                   lin.weight_layout)  # fmt: skip
+
 
 class SiteCollector:
     """A Dynamo backend that only records the sites of each graph it is given."""
@@ -57,11 +64,7 @@ class SiteCollector:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, **kwargs):  # noqa: ANN001
         found = detect_sites(gm.graph, block_offset=self.n_attention)
         self.n_attention += len(find_attentions(gm.graph))
-        for s in found:
-            self.sites.append(
-                Site(s.name, s.kind, s.block, s.group, s.linear.in_features,
-                     s.linear.out_features, s.linear.weight_layout)
-            )  # fmt: skip
+        self.sites.extend(Site.from_graph(s) for s in found)
         return gm.forward
 
 
@@ -88,11 +91,7 @@ def _sites_by_export(model: nn.Module, inputs: dict) -> list[Site]:
             raise RuntimeError(f"cannot name the weight of {s.linear.node}")
         s.name = name.removesuffix(".weight")
         sites.append(s)
-    return [
-        Site(s.name, s.kind, s.block, s.group, s.linear.in_features, s.linear.out_features,
-             s.linear.weight_layout)
-        for s in sites
-    ]  # fmt: skip
+    return [Site.from_graph(s) for s in sites]
 
 
 def _sites_by_compile(model: nn.Module, inputs: dict) -> list[Site]:
