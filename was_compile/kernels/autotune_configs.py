@@ -95,6 +95,12 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false")
 
 
+def autotune_enabled() -> bool:
+    """False when ``WAS_AUTOTUNE=0``: the kernel then runs the first-ranked candidate config
+    of each key without timing any (quick correctness runs on a GPU; slower kernels)."""
+    return os.environ.get("WAS_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off")
+
+
 def m_bucket(m: int) -> int:
     """Bucket of the number of rows M of x: 1, 2, 4, 8 or 16 (next power of two).
 
