@@ -27,7 +27,16 @@ GREEDY_METHODS = {"teal": "mag", "was-greedy": "was"}
 TPE_METHODS = {"was-tpe": "was"}
 METHODS = {**UNIFORM_METHODS, **GREEDY_METHODS, **TPE_METHODS}
 
-GREEDY_OPTIONS = {"base_step", "max_block_sparsity", "max_tokens", "error_fraction", "cap", "lazy"}
+GREEDY_OPTIONS = {
+    "base_step",
+    "max_block_sparsity",
+    "max_tokens",
+    "error_fraction",
+    "cap",
+    "lazy",
+    "max_step",
+    "per_token",
+}
 TPE_OPTIONS = {
     "trials",
     "storage",
