@@ -26,6 +26,8 @@ loads means those loads are not in flight across the back-edge.
     python benchmarks/kernel_sass.py --rows Llama-3-8B:gate_up:1:0.5 --listing
     python benchmarks/kernel_sass.py --kernel-file /tmp/variant.py   # a modified copy
     python benchmarks/kernel_sass.py --fit                   # latency + bytes model of kernels.json
+    python benchmarks/kernel_sass.py --pipe 1                # the experimental PIPE=1 FMA variant
+    python benchmarks/kernel_sass.py --pipe 1 --maxnreg 128  # ... with a register cap
 
 To compile with the Triton the H100 run used (3.6.0, see kernels.json meta), install its wheel
 into a folder and put it first on the path:
@@ -129,7 +131,11 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
         sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
+    if config.get("PIPE", 0):  # only passed when set: older kernel files have no PIPE
+        meta["PIPE"] = config["PIPE"]
     kwargs = {**meta, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+    if config.get("maxnreg"):
+        kwargs["maxnreg"] = config["maxnreg"]
     bound, spec, opts = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
     src = ASTSource(fn, signature, constexprs, attrs)
@@ -202,6 +208,7 @@ def analyse_loop(insns: list, first: int, last: int) -> dict:
     waited_in_pass: list = []  # (load index, waiting index) for loads issued in pass 1
     wide_wait_chain = set()  # narrow loads of this pass waited on before a wide load issues
     max_wide = 0
+    min_wide = 1 << 30  # fewest in flight at any point of the second pass
     for p in range(2):
         narrow_waited_before_wide = 0
         seen_wide = False
@@ -229,6 +236,7 @@ def analyse_loop(insns: list, first: int, last: int) -> dict:
             if p == 1:
                 in_flight = sum(1 for v in pending.values() for (_, _, w) in v if w)
                 max_wide = max(max_wide, in_flight)
+                min_wide = min(min_wide, in_flight)
     cp_async = sum(1 for _, t, _ in body if _opcode(t).startswith("LDGSTS"))
     wide_idx = [j for j, (_, t, _) in enumerate(body) if _is_global_load(t) and _is_wide(t)]
     narrow_idx = [j for j, (_, t, _) in enumerate(body) if _is_global_load(t) and not _is_wide(t)]
@@ -244,6 +252,8 @@ def analyse_loop(insns: list, first: int, last: int) -> dict:
         "ffma": sum(1 for _, t, _ in body if _opcode(t).startswith("FFMA")),
         "wide_in_flight_at_backedge": len(wide_idx) - len(waited_wide),
         "max_wide_in_flight": max_wide,
+        "min_wide_in_flight": min_wide if min_wide < 1 << 30 else 0,
+        "wide_scoreboards": sorted({body[j][2]["wr"] for j in wide_idx if body[j][2]["wr"] != 7}),
         "wide_waited_in_same_pass_by": sorted(
             {body[wj][1].split()[0] for wj in waited_wide.values()}
         ),
@@ -308,9 +318,11 @@ def select_rows(specs: list) -> list:
 
 def config_name(c: dict) -> str:
     kind = "dot" if c["USE_DOT"] else "fma"
+    pipe = f"_p{c['PIPE']}" if c.get("PIPE", 0) else ""
+    pipe += f"_r{c['maxnreg']}" if c.get("maxnreg") else ""
     return (
         f"{c['BLOCK_N']}x{c['BLOCK_K']}x{c['K_ITERS']}_{kind}_c{c['COMPACT']}"
-        f"_w{c['num_warps']}_s{c['num_stages']}"
+        f"_w{c['num_warps']}_s{c['num_stages']}{pipe}"
     )
 
 
@@ -323,7 +335,12 @@ def run_cases(args) -> list:
     seen = {}
     results = []
     for r in select_rows(args.rows):
-        c = r["config"]
+        c = dict(r["config"])
+        if args.pipe and not c["USE_DOT"] and r["M"] <= 4:
+            c["PIPE"] = args.pipe  # the experimental FMA variant with the same tile
+        if args.maxnreg:
+            c["maxnreg"] = args.maxnreg
+        r = {**r, "config": c}
         key = (r["N"], r["K"], tuple(r["segment_ends"]), min(r["M"], 4), config_name(c))
         if key not in seen:
             kernel = compile_case(mod, r["N"], r["K"], r["segment_ends"], r["M"], r["sparsity"], c)
@@ -382,23 +399,26 @@ def print_table(results: list) -> None:
     hdr = (
         "| shape | M | sp | config | was_us | limit_us | regs | spill (local B) | smem | CTA/SM | "
         "loop insns | 16B loads per thread and pass | 16B loads in flight at back-edge | "
-        "max 16B loads in flight | narrow loads waited on before the 1st 16B load |"
+        "max 16B loads in flight | min 16B loads in flight | scoreboards of the 16B loads | "
+        "narrow loads waited on before the 1st 16B load |"
     )
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     for r, info in results:
         lp = max(info["loops"], key=lambda x: x["wide_loads"], default=None)
         if lp is None:
-            loop_cols = "- | - | - | - | -"
+            loop_cols = "- | - | - | - | - | - | -"
         elif lp["cp_async_16B"]:
             loop_cols = (
                 f"{lp['instructions']} | cp.async {lp['cp_async_16B']} "
-                f"({lp['bar_sync']} BAR.SYNC) | - | - | -"
+                f"({lp['bar_sync']} BAR.SYNC) | - | - | - | - | -"
             )
         else:
             loop_cols = (
                 f"{lp['instructions']} | {lp['wide_loads']} | "
                 f"{lp['wide_in_flight_at_backedge']} | {lp['max_wide_in_flight']} | "
+                f"{lp['min_wide_in_flight']} | "
+                f"{','.join(f'SB{b}' for b in lp['wide_scoreboards'])} | "
                 f"{lp['wide_issue_waits_on_narrow_loads']}"
             )
         print(
@@ -460,7 +480,15 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="MODEL:SHAPE:M:SPARSITY")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "kernel_sass"))
     ap.add_argument("--kernel-file", default=None, help="compile a modified copy of the kernel")
+    ap.add_argument("--maxnreg", type=int, default=0, help="cap registers per thread")
     ap.add_argument("--listing", action="store_true", help="print the annotated main loop")
+    ap.add_argument(
+        "--pipe",
+        type=int,
+        default=0,
+        help="compile the FMA-path rows (M <= 4) with PIPE=N (1: the experimental ping-pong "
+        "variant, same tile as the H100-chosen config) instead of the config that ran",
+    )
     ap.add_argument("--fit", action="store_true", help="fit the latency + bytes model only")
     args = ap.parse_args(argv)
     if args.fit:

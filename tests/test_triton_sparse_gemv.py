@@ -296,3 +296,89 @@ def test_autotune_kwargs_cache_results():
     assert "N" in kw["key"] and "K" in kw["key"] and "M_BUCKET" in kw["key"]
     has = "cache_results" in inspect.signature(triton.autotune).parameters
     assert kw.get("cache_results", False) == has
+
+
+# ---------------------------------------------------------------- experimental PIPE = 1 path
+
+# PIPE = 1: the FMA path unrolled by two (ping-pong weight buffers, rows one iteration ahead).
+# K_ITERS odd (an empty extra step) and even, masked and COMPACT; segment ends that are
+# multiples of 16 take the packed-int32 weight path for fp16/bf16, odd ones the plain one.
+PIPE_CFGS = [
+    {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 3, "USE_DOT": 0, "PIPE": 1},
+    {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 2, "USE_DOT": 0, "PIPE": 1},
+    {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 1, "USE_DOT": 0, "COMPACT": 1, "PIPE": 1},
+    {"BLOCK_N": 32, "BLOCK_K": 8, "K_ITERS": 4, "USE_DOT": 0, "COMPACT": 1, "PIPE": 1},
+]
+PIPE_ENDS = {"aligned": [16, 48], "odd": [9, 26, 37]}
+
+
+PIPE_CASES = [  # (M, dtype): every M with two or three dtypes (the interpreter is slow)
+    (m, dt)
+    for m in (1, 2, 3, 4)
+    for dt in (torch.float32, torch.float16, torch.bfloat16)
+    if (m, dt) not in ((2, torch.float32), (3, torch.float16))
+]
+
+
+@pytest.mark.parametrize("ends", ["aligned", "odd"])
+@pytest.mark.parametrize("m,dtype", PIPE_CASES)
+def test_pipe_matches_reference(m, dtype, ends):
+    k, ends_l = 45, PIPE_ENDS[ends]
+    i = m - 1 + (2 if ends == "odd" else 0) + (1 if dtype == torch.float16 else 0)
+    cfg = PIPE_CFGS[i % len(PIPE_CFGS)]
+    x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=20 + m, bias=m % 2 == 1)
+    y = sparse_gemv(x, w_t, thr, ends_l, b, config={**cfg, "num_warps": 4})
+    check(y, reference(x, w_t, thr, ends_l, b), x, k)
+
+
+@pytest.mark.parametrize("cfg", range(len(PIPE_CFGS)))
+def test_pipe_all_and_none_dropped(cfg):
+    k, ends_l = 45, PIPE_ENDS["aligned" if cfg < 2 else "odd"]
+    dtype = torch.bfloat16 if cfg % 2 else torch.float16
+    x, w_t, _, b = _make(3, k, ends_l, dtype, seed=30 + cfg)
+    c = PIPE_CFGS[cfg]
+    thr = torch.full((len(ends_l), k), float("inf"))
+    assert torch.equal(sparse_gemv(x, w_t, thr, ends_l, b, config=c), b.expand(3, -1))
+    thr = torch.full((len(ends_l), k), -1.0)
+    dense = x.double() @ w_t.double() + b.double()
+    check(sparse_gemv(x, w_t, thr, ends_l, b, config=c), dense, x, k)
+
+
+def test_pipe_dropped_rows_never_read_and_own_masks():
+    # NaN weights in rows that every row of x drops (per segment) must never be loaded, and
+    # each row multiplies only its own kept channels (row 0 keeps even channels, row 1 odd)
+    k, ends = 45, [16, 48]
+    g = _gen(9)
+    x = (torch.rand(2, k, generator=g) + 0.5).to(torch.bfloat16)
+    x[0, 1::2] = 0.1
+    x[1, 0::2] = -0.1
+    x[:, 5:12] = 0.05  # dropped by both rows
+    w_t = torch.randn(k, 48, generator=g).to(torch.bfloat16)
+    thr = torch.full((2, k), 0.2)
+    w_poisoned = w_t.clone()
+    w_poisoned[5:12] = float("nan")
+    for cfg in (PIPE_CFGS[0], PIPE_CFGS[3]):
+        y = sparse_gemv(x, w_poisoned, thr, ends, config=cfg)
+        assert torch.isfinite(y).all()
+        check(y, reference(x, w_t, thr, ends, None), x, k)
+
+
+def test_pipe_bad_value_and_experimental_space(monkeypatch):
+    x, w_t, thr, ends, b = _ok()
+    with pytest.raises(ValueError, match="PIPE must be 0 or 1"):
+        sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "PIPE": 2})
+    default = ac._all_configs(False, False)
+    assert not any(c.kwargs.get("PIPE", 0) for c in default)  # the measured space, unchanged
+    assert all("PIPE" not in c.kwargs for c in default)
+    monkeypatch.setenv("WAS_KERNEL_EXPERIMENTAL", "1")
+    assert ac.experimental_enabled()
+    space = ac.get_autotune_configs(interpret=False)
+    pipe = [c for c in space if c.kwargs.get("PIPE", 0)]
+    assert pipe and all(not c.kwargs["USE_DOT"] for c in pipe)
+    assert {getattr(c, "maxnreg", None) for c in pipe} == {None, 128}
+    assert len(space) == len(default) + len(pipe)
+    kept = ac._prune_cached(tuple(space), (14336, 28672), 4096, 1, 3, 2, 132)
+    assert {c.kwargs.get("PIPE", 0) for c in kept} == {0, 1}
+    assert len(kept) <= 2 * ac.MAX_CANDIDATES
+    monkeypatch.delenv("WAS_KERNEL_EXPERIMENTAL")
+    assert ac.get_autotune_configs(interpret=False) == list(default)

@@ -30,9 +30,20 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   x / thresholds before the current weight tile is consumed), 3 for the dot path (operands
   go through shared memory with cp.async pipelining).
 
-The full list has 120 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
-key, most promising tiles first, so first-call tuning of one key costs <= 12 compiles (cached
-across keys and processes) + 12 short benchmarks.
+* PIPE (experimental, off by default): 1 = the FMA path unrolled by two with ping-pong weight
+  buffers carried as packed int32 and the rows (x, thresholds, keep mask) loaded one loop
+  iteration ahead of their weight tiles (``_fma_tile_pipe``; see benchmarks/kernel_notes.md,
+  section 6). Its configs join the space ONLY when the environment variable
+  ``WAS_KERNEL_EXPERIMENTAL=1`` is set when the kernel module is imported: each masked and
+  compacting FMA config then also comes as PIPE = 1, with and without ``maxnreg = 128``
+  (ptxas otherwise takes 150-185 registers: 2-3 CTAs per SM instead of 4), and the pruner
+  keeps up to twice ``MAX_CANDIDATES`` per key. Unset (the default), the space, the pruning
+  and hence the tuned kernels are exactly those measured in benchmarks/results/kernels.json.
+  A config without a PIPE key means PIPE = 0.
+
+The full list has 120 entries (without the experimental ones); ``prune_configs`` keeps at
+most ``MAX_CANDIDATES`` per tuning key, most promising tiles first, so first-call tuning of
+one key costs <= 12 compiles (cached across keys and processes) + 12 short benchmarks.
 
 On-disk cache: Triton >= 3.4 accepts ``cache_results=True`` on ``triton.autotune`` (or
 ``TRITON_CACHE_AUTOTUNING=1``): the timings of each tuning key are kept in Triton's cache
@@ -131,7 +142,13 @@ def num_k_splits(k: int, config_kwargs: dict) -> int:
     return max(1, -(-k // chunk))
 
 
-def _make(block_n, block_k, chunk, use_dot, compact, warps, stages):
+def experimental_enabled() -> bool:
+    """True when ``WAS_KERNEL_EXPERIMENTAL=1``: the autotune space also holds the experimental
+    PIPE = 1 configs (read when the kernel module is imported)."""
+    return os.environ.get("WAS_KERNEL_EXPERIMENTAL", "0").strip().lower() in ("1", "true", "on")
+
+
+def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, pipe=0, maxnreg=None):
     kw = {
         "BLOCK_N": block_n,
         "BLOCK_K": block_k,
@@ -139,11 +156,28 @@ def _make(block_n, block_k, chunk, use_dot, compact, warps, stages):
         "USE_DOT": use_dot,
         "COMPACT": compact,
     }
+    if pipe:  # only experimental configs carry the key (a missing PIPE means 0)
+        kw["PIPE"] = pipe
+    if maxnreg:
+        return triton.Config(kw, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
     return triton.Config(kw, num_warps=warps, num_stages=stages)
 
 
-@functools.lru_cache(maxsize=2)
-def _all_configs(interpret: bool) -> tuple:
+# maxnreg of the experimental PIPE = 1 configs (None: what ptxas picks)
+_PIPE_MAXNREG = (None, 128)
+
+
+def pipe_variants(kw: dict, warps: int, stages: int) -> list:
+    """The experimental PIPE = 1 configs of one FMA-path tile (kwargs as in a config)."""
+    chunk = kw["BLOCK_K"] * kw["K_ITERS"]
+    return [
+        _make(kw["BLOCK_N"], kw["BLOCK_K"], chunk, 0, kw.get("COMPACT", 0), warps, stages, 1, r)
+        for r in _PIPE_MAXNREG
+    ]
+
+
+@functools.lru_cache(maxsize=4)
+def _all_configs(interpret: bool, experimental: bool = False) -> tuple:
     if interpret:
         # One small config under TRITON_INTERPRET=1 (autotuning would time every config on the
         # CPU): small enough that odd test shapes span several column tiles and K splits.
@@ -154,6 +188,12 @@ def _all_configs(interpret: bool) -> tuple:
             for chunk in _CHUNKS_K:
                 for stages in _FMA_STAGES:
                     out.append(_make(block_n, block_k, chunk, 0, compact, warps, stages))
+        if experimental:
+            for block_n, block_k, warps in _FMA_TILES:
+                for chunk in _CHUNKS_K:
+                    for stages in _FMA_STAGES:
+                        base = _make(block_n, block_k, chunk, 0, compact, warps, stages)
+                        out += pipe_variants(base.kwargs, warps, stages)
         for block_n, block_k, warps in _DOT_TILES:
             for chunk in _CHUNKS_K:
                 for stages in _DOT_STAGES:
@@ -163,7 +203,8 @@ def _all_configs(interpret: bool) -> tuple:
 
 def get_autotune_configs(interpret: bool | None = None) -> list:
     """The autotune config list (a single small config under the Triton interpreter)."""
-    return list(_all_configs(interpret_mode() if interpret is None else interpret))
+    interpret = interpret_mode() if interpret is None else interpret
+    return list(_all_configs(interpret, experimental_enabled()))
 
 
 @functools.lru_cache(maxsize=1)
@@ -235,6 +276,8 @@ def _prune_cached(
         ctas = column_tiles(segment_ends, kw["BLOCK_N"]) * splits
         outside = 0 if lo <= ctas <= hi else 1
         tile = (kw["BLOCK_N"], kw["BLOCK_K"], use_dot, compact, cfg.num_warps, cfg.num_stages)
+        if kw.get("PIPE", 0):  # experimental: its own tile in the round robin
+            tile += (kw["PIPE"], getattr(cfg, "maxnreg", None))
         scored.append((outside, abs(math.log2(ctas / target)), len(scored), tile, cfg))
     if not scored:  # nothing fits the rules: keep the smallest tile
         return (min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
@@ -254,7 +297,8 @@ def _prune_cached(
     for i in range(max(len(v) for v in by_variant.values())):
         merged += [v[i] for v in by_variant.values() if i < len(v)]
     merged.sort(key=lambda t: t[0])  # stable: in-range CTA counts first
-    return tuple(t[4] for t in merged[:MAX_CANDIDATES])
+    cap = MAX_CANDIDATES * (2 if any(c.kwargs.get("PIPE", 0) for c in configs) else 1)
+    return tuple(t[4] for t in merged[:cap])
 
 
 def _segment_ends_from_args(args: dict) -> tuple:
@@ -289,7 +333,7 @@ def prune_configs(configs, named_args, **kwargs):
 
 def candidate_configs(segment_ends: tuple, k: int, mb: int, sb: int, elem_size: int) -> list:
     """The configs the autotuner will consider for this shape (same rules as the pruner)."""
-    configs = _all_configs(interpret_mode())
+    configs = _all_configs(interpret_mode(), experimental_enabled())
     if len(configs) <= 1:
         return list(configs)
     ends = tuple(segment_ends)
