@@ -196,3 +196,29 @@ def test_backend_on_cuda_matches_hook_reference(dtype):
             want = model(ids).logits.double()
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(got, want, rtol=rtol * 4, atol=atol * math.sqrt(704) * 4)
+
+
+def test_op_follows_measured_switch_point(tmp_path, monkeypatch):
+    """Rows above the measured switch point run the masked dense path, not the kernel."""
+    import was_compile.kernels.ops as ops
+    from was_compile.kernels import switch_points
+
+    monkeypatch.setenv("WAS_CACHE_DIR", str(tmp_path))
+    switch_points._cached_table.cache_clear()
+    k, ends = 1000, [333, 700, 1101]
+    _, w_t, thr, b = _make(1, k, ends, torch.bfloat16, seed=5)
+    rows = [{"K": k, "segment_ends": ends, "sparsity_bucket": 3, "M": m, "time_us": t,
+             "prefill_us": 10.0} for m, t in ((1, 5.0), (2, 5.0), (4, 20.0))]  # fmt: skip
+    switch_points.record(rows, torch.cuda.get_device_name(), torch.bfloat16)
+    calls = []
+    real = ops._triton_gemv()
+    monkeypatch.setattr(
+        ops, "_triton_gemv", lambda: lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    for m, kernel in ((2, True), (3, False), (16, False)):
+        x = torch.randn(m, k, device=DEV).to(torch.bfloat16)
+        calls.clear()
+        y = torch.ops.was.sparse_linear(x, w_t, thr, ends, b, False, 16, 0.6)
+        assert bool(calls) == kernel, f"M={m}"
+        check(y, reference(x, w_t, thr, ends, b), x, k)
+    switch_points._cached_table.cache_clear()

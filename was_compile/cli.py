@@ -275,12 +275,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     except (RuntimeError, ImportError) as e:
         print(f"cannot tune: {e}", file=sys.stderr)
         return 2
-    print(f"{'N':>6} {'K':>6} {'M':>3} {'sparsity':>8} {'us':>8} {'cublas':>8}  config")
+    print(
+        f"{'N':>6} {'K':>6} {'M':>3} {'sparsity':>8} {'us':>8} {'cublas':>8} {'masked':>8}  config"
+    )
     for r in rows or []:
         print(
             f"{r['N']:>6} {r['K']:>6} {r['M']:>3} {r['sparsity']:>8.2f} {r['time_us']:>8.1f} "
-            f"{r['cublas_us']:>8.1f}  {r['config']}"
+            f"{r['cublas_us']:>8.1f} {r['prefill_us']:>8.1f}  {r['config']}"
         )
+    from .kernels.switch_points import switch_rows, table_path
+
+    print(f"decode kernel up to M rows, else masked dense (saved in {table_path()}):")
+    for (k, ends, bucket), limit in sorted(switch_rows(rows or []).items()):
+        print(f"  K={k} segment_ends={list(ends)} sparsity bucket {bucket}: M <= {limit}")
     return 0
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import switch_points
 from .reference import dense_linear, sparse_linear_reference
 
 DECODE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -25,6 +26,12 @@ def _triton_gemv() -> Callable | None:
     except Exception:  # noqa: BLE001 - any import failure means "use the reference"
         return None
     return sparse_gemv
+
+
+def _bucket(hint: float | None) -> int:
+    from .autotune_configs import sparsity_bucket  # imports triton: only on the CUDA path
+
+    return sparsity_bucket(hint)
 
 
 @torch.library.custom_op("was::sparse_linear", mutates_args=())
@@ -42,7 +49,9 @@ def sparse_linear(
 
     x [..., K]; weight_t [K, N]; thresholds [S, K] fp32; segment_ends S ints, last == N;
     bias [N] or None. With at most ``max_decode_rows`` rows (tokens x batch) this is decode:
-    the sparse kernel runs. Above it, prefill: dense unless ``sparse_prefill``.
+    the sparse kernel runs, up to the number of rows where ``was tune`` measured it faster
+    than the masked dense path (``switch_points``; the same mask, cuBLAS) on this GPU.
+    Above ``max_decode_rows``, prefill: dense unless ``sparse_prefill``.
     ``sparsity_hint`` (the schedule's sparsity, or -1 for unknown) only picks the kernel's
     autotuning bucket.
     """
@@ -52,8 +61,9 @@ def sparse_linear(
         return dense_linear(x, weight_t, bias)
     if rows <= max_decode_rows and x.is_cuda and x.dtype in DECODE_DTYPES:
         gemv = _triton_gemv()
-        if gemv is not None:
-            hint = sparsity_hint if sparsity_hint >= 0 else None
+        hint = sparsity_hint if sparsity_hint >= 0 else None
+        limit = switch_points.decode_rows_limit(x, k, segment_ends, _bucket(hint))
+        if gemv is not None and (limit is None or rows <= limit):
             y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias,
                      sparsity_hint=hint)  # fmt: skip
             return y.reshape(*x.shape[:-1], weight_t.shape[1])

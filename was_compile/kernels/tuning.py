@@ -66,7 +66,7 @@ def _config_str(cfg: dict | None) -> str:
 def tune_shapes(
     shapes: list[tuple[int, int]],
     dtype: torch.dtype,
-    m_values=(1, 2, 4, 8),
+    m_values=(1, 2, 4, 8, 16),
     sparsities=(0.0, 0.5),
     segments: dict | None = None,
 ) -> list[dict]:
@@ -77,7 +77,10 @@ def tune_shapes(
     it a shape is one segment. Each sparsity is tuned under its own sparsity bucket
     (``sparsity_hint=s``); one more run per (N, K, M), on data of the largest sparsity, tunes
     the "unknown" bucket that calls without a hint use (``sparsity_hint`` None in the row).
-    Returns rows {N, K, M, sparsity, sparsity_hint, config, time_us, cublas_us}."""
+    Also times the op's masked dense path (``sparse_linear_reference``: the same mask, then
+    cuBLAS) and records the switch points between the two in the on-disk table of
+    ``switch_points`` for this GPU and dtype.
+    Returns rows {N, K, M, sparsity, sparsity_hint, config, time_us, cublas_us, prefill_us}."""
     if not torch.cuda.is_available():
         raise RuntimeError(
             "tune_shapes needs a CUDA device: Triton autotuning times kernels on the GPU "
@@ -85,6 +88,8 @@ def tune_shapes(
         )
     import triton.testing
 
+    from . import switch_points
+    from .reference import sparse_linear_reference
     from .triton_sparse_gemv import last_autotune_config, sparse_gemv
 
     device = torch.device("cuda", torch.cuda.current_device())
@@ -105,6 +110,8 @@ def tune_shapes(
                 t_ms = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
                 cub = functools.partial(F.linear, x, w_dense)
                 cub_ms = triton.testing.do_bench(cub, warmup=10, rep=50, return_mode="median")
+                masked = functools.partial(sparse_linear_reference, x, w_t, thr, ends)
+                pre_ms = triton.testing.do_bench(masked, warmup=10, rep=50, return_mode="median")
                 rows.append(
                     {
                         "N": n,
@@ -117,7 +124,9 @@ def tune_shapes(
                         "config": _config_str(cfg),
                         "time_us": t_ms * 1e3,
                         "cublas_us": cub_ms * 1e3,
+                        "prefill_us": pre_ms * 1e3,
                     }
                 )
         del w_t, w_dense
+    switch_points.record(rows, torch.cuda.get_device_name(device), dtype)
     return rows
