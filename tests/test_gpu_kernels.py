@@ -15,10 +15,10 @@ import math
 
 import pytest
 import torch
+from gemv_reference import TOL, check, reference
 
 pytestmark = pytest.mark.gpu
 
-TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 1e-3), torch.bfloat16: (8e-3, 8e-3)}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DEV = "cuda"
 
@@ -53,26 +53,6 @@ def _make(m, k, ends, dtype, seed, sparsity=0.5, bias=True):
     thr = (base.to(DEV) * jitter).float().contiguous()
     b = torch.randn(n, generator=g, device=DEV).to(dtype) if bias else None
     return x, w_t, thr, b
-
-
-def reference(x, w_t, thr, ends, bias):
-    x64, w64 = x.double(), w_t.double()
-    y = torch.empty(x.shape[0], w_t.shape[1], dtype=torch.float64, device=x.device)
-    start = 0
-    for s, end in enumerate(ends):
-        xm = torch.where(x.abs().float() > thr[s], x64, torch.zeros_like(x64))
-        y[:, start:end] = xm @ w64[:, start:end]
-        start = end
-    if bias is not None:
-        y += bias.double()
-    return y
-
-
-def check(y, ref, x, k):
-    assert y.dtype == x.dtype and y.shape == ref.shape
-    assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) output elements"
-    rtol, atol = TOL[x.dtype]
-    torch.testing.assert_close(y.double(), ref, rtol=rtol, atol=atol * math.sqrt(k))
 
 
 # (K, segment_ends): Llama-3-8B q|k|v and down, Qwen2.5-7B q|k|v with its bias, odd shapes

@@ -9,12 +9,13 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton (or anything importing it) is imported
 
 import importlib
-import math
 
 import pytest
 import torch
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot run")
+
+from gemv_reference import check, reference  # noqa: E402
 
 from was_compile.kernels import autotune_configs as ac  # noqa: E402
 from was_compile.kernels import triton_sparse_gemv as tsg  # noqa: E402
@@ -26,11 +27,6 @@ if type(tsg._sparse_gemv_kernel).__name__ != "InterpretedFunction":
 
 sparse_gemv = tsg.sparse_gemv
 
-TOL = {  # (rtol, atol per sqrt(K)): output rounding (half an ulp) + fp32 accumulation
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-3, 1e-3),
-    torch.bfloat16: (8e-3, 8e-3),
-}
 
 # explicit configs that cover the paths the GPU autotuner can pick (the interpreter's own
 # autotune list is a single config)
@@ -53,25 +49,6 @@ def _make(m, k, ends, dtype, seed, bias=True, thr_scale=1.5):
     thr = (torch.rand(len(ends), k, generator=g) * thr_scale).float()
     b = torch.randn(n, generator=g).to(dtype) if bias else None
     return x, w_t, thr, b
-
-
-def reference(x, w_t, thr, ends, bias):
-    x64, w64 = x.double(), w_t.double()
-    y = torch.empty(x.shape[0], w_t.shape[1], dtype=torch.float64)
-    start = 0
-    for s, end in enumerate(ends):
-        xm = torch.where(x64.abs() > thr[s].double(), x64, torch.zeros_like(x64))
-        y[:, start:end] = xm @ w64[:, start:end]
-        start = end
-    if bias is not None:
-        y += bias.double()
-    return y
-
-
-def check(y, ref, x, k):
-    assert y.dtype == x.dtype and y.shape == ref.shape
-    rtol, atol = TOL[x.dtype]
-    torch.testing.assert_close(y.double(), ref, rtol=rtol, atol=atol * math.sqrt(k))
 
 
 CASES = [  # (M, K, segment_ends)
