@@ -85,15 +85,30 @@ class _StopForward(Exception):
 
 
 def _capture_blocks(model: nn.Module, names: dict[int, str], batches: list) -> dict | None:
-    """Every block's dense calls (args, kwargs, output) over ``batches``; the forward stops
-    after the last block (no head). None if the blocks do not chain."""
+    """Every block's dense calls [args, kwargs] over ``batches``; the forward stops after the
+    last block (no head). Only the first block's calls keep their hidden-state input: the
+    others get it from the sparsified block before (memory: one block's activations, not one
+    per block). None if the blocks do not chain (a block's input is not the previous block's
+    output)."""
     order = sorted(names)
+    first = order[0]
     calls: dict[int, list] = {b: [] for b in order}
     handles = []
+    prev_out: list = [None]  # the output of the block that ran last in this forward
+    chained = [True]
 
     def hook_for(b: int):
         def hook(module, args, kwargs, output):  # noqa: ANN001
-            calls[b].append([_detached(args), _detached(kwargs), _first_tensor(output).detach()])
+            x = args[0] if args else kwargs.get("hidden_states")
+            if b == first:
+                calls[b].append([_detached(args), _detached(kwargs)])
+            else:
+                y = prev_out[0]
+                same = isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
+                if not (same and x.shape == y.shape and torch.equal(x, y)):
+                    chained[0] = False
+                calls[b].append(list(_with_input(_detached(args), _detached(kwargs), None)))
+            prev_out[0] = _first_tensor(output)
             if b == order[-1]:
                 raise _StopForward
 
@@ -110,6 +125,7 @@ def _capture_blocks(model: nn.Module, names: dict[int, str], batches: list) -> d
                 kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                           for k, v in _as_kwargs(batch).items()}  # fmt: skip
                 kwargs.setdefault("use_cache", False)
+                prev_out[0] = None
                 try:
                     model(**kwargs)
                 except _StopForward:
@@ -117,14 +133,10 @@ def _capture_blocks(model: nn.Module, names: dict[int, str], batches: list) -> d
     finally:
         for h in handles:
             h.remove()
+        prev_out[0] = None
     n = len(batches)
-    if any(len(c) != n for c in calls.values()):
+    if not chained[0] or any(len(c) != n for c in calls.values()):
         return None
-    for prev, b in zip(order, order[1:]):  # block b's input must be block prev's output
-        for (args, kwargs, _), (_, _, out) in zip(calls[b], calls[prev]):
-            x = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(x, torch.Tensor) or x.shape != out.shape or not torch.equal(x, out):
-                return None
     return calls
 
 
@@ -161,7 +173,7 @@ def _sequential(model: nn.Module, schedule: Schedule, batches: list) -> Schedule
             x_out = []
             with torch.no_grad(), masked_inputs(model, {s.name: thresholds[s.name]
                                                         for s in groups[b]}):  # fmt: skip
-                for (args, kwargs, _), x in zip(calls[b], x_in):
+                for (args, kwargs), x in zip(calls[b], x_in):
                     a, k = _with_input(args, kwargs, x)
                     x_out.append(_first_tensor(block(*a, **k)).detach())
             x_in = x_out
@@ -206,7 +218,7 @@ def _stage(
     try:
         done_masks = {n: t for n, t in thresholds.items() if n not in names}
         with torch.no_grad(), masked_inputs(model, done_masks):
-            for (args, kwargs, _), x in zip(calls, x_in):
+            for (args, kwargs), x in zip(calls, x_in):
                 a, k = _with_input(args, kwargs, x)
                 block(*a, **k)
                 first[0] = False
