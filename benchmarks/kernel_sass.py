@@ -81,7 +81,7 @@ def load_kernel_module(kernel_file: Path | None):
     pkg = tmp / "sass_variant"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for sibling in ("autotune_configs.py", "fma_pipelined.py"):
+    for sibling in ("autotune_configs.py", "fma_pipelined.py", "gemv_rows.py"):
         shutil.copy(ROOT / "was_compile" / "kernels" / sibling, pkg)
     shutil.copy(kernel_file, pkg / "triton_sparse_gemv.py")
     sys.path.insert(0, str(tmp))

@@ -15,66 +15,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .gemv_rows import keep_rows, load_rows, step_channels
+
 __all__ = ["_fma_tile_pipe"]
-
-
-@triton.jit
-def _pipe_offs(list_ptr, count, K, k_start, j, CHUNK: tl.constexpr, COMPACT: tl.constexpr):
-    """PIPE = 1: channels of the step whose entries are j (contiguous, or the next BLOCK_K
-    entries of the kept list: a load) and whether they exist (past the chunk: no)."""
-    if COMPACT:
-        ok = j < count
-        offs_k = tl.load(list_ptr + j, mask=ok, other=0)
-    else:
-        offs_k = k_start + j
-        ok = (j < CHUNK) & (offs_k < K)
-    return offs_k, ok
-
-
-@triton.jit
-def _pipe_rows_load(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M: tl.constexpr):
-    """PIPE = 1: thresholds and x of up to 4 rows at channels offs_k, as loaded (rows >= M and
-    missing channels: x = 0, threshold = inf). Nothing is converted here, so the loop can
-    carry the loads in flight across its back-edge."""
-    zk = tl.zeros_like(offs_k)  # a tensor compare (the interpreter rejects scalar masks)
-    thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
-    r0 = tl.load(x_ptr + offs_k, mask=ok, other=0.0)
-    r1 = r0
-    r2 = r0
-    r3 = r0
-    if BLOCK_M >= 2:
-        r1 = tl.load(x_ptr + stride_xm + offs_k, mask=ok & (zk < M - 1), other=0.0)
-    if BLOCK_M >= 4:
-        r2 = tl.load(x_ptr + 2 * stride_xm + offs_k, mask=ok & (zk < M - 2), other=0.0)
-        r3 = tl.load(x_ptr + 3 * stride_xm + offs_k, mask=ok & (zk < M - 3), other=0.0)
-    return thr, r0, r1, r2, r3
-
-
-@triton.jit
-def _pipe_rows_keep(thr, r0, r1, r2, r3, BLOCK_M: tl.constexpr):
-    """PIPE = 1: keep[m, k] = |x[m, k]| > tau[k] in fp32, x of dropped entries zeroed, and
-    the union over the rows (which weight rows are read)."""
-    x0 = r0.to(tl.float32)
-    k0 = tl.abs(x0) > thr
-    x0 = tl.where(k0, x0, 0.0)
-    kept = k0
-    x1 = x0
-    x2 = x0
-    x3 = x0
-    if BLOCK_M >= 2:
-        x1 = r1.to(tl.float32)
-        k1 = tl.abs(x1) > thr
-        x1 = tl.where(k1, x1, 0.0)
-        kept = kept | k1
-    if BLOCK_M >= 4:
-        x2 = r2.to(tl.float32)
-        x3 = r3.to(tl.float32)
-        k2 = tl.abs(x2) > thr
-        k3 = tl.abs(x3) > thr
-        x2 = tl.where(k2, x2, 0.0)
-        x3 = tl.where(k3, x3, 0.0)
-        kept = kept | k2 | k3
-    return kept, x0, x1, x2, x3
 
 
 @triton.jit
@@ -127,14 +70,14 @@ def _pipe_stage(acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3, w, x0, x1, x2, x
                                           w.to(tl.float32), BLOCK_M)  # fmt: skip
     if not COMPACT:  # contiguous channels: recomputed from j, not carried (registers)
         BK: tl.constexpr = j_next.shape[0]
-        offs_r, ok_r = _pipe_offs(list_ptr, count, K, k_start, j_next - 4 * BK, CHUNK, COMPACT)
-        offs_l, ok_l = _pipe_offs(list_ptr, count, K, k_start, j_next - 2 * BK, CHUNK, COMPACT)
-    kept, x0, x1, x2, x3 = _pipe_rows_keep(thr, r0, r1, r2, r3, BLOCK_M)
+        offs_r, ok_r = step_channels(list_ptr, count, K, k_start, j_next - 4 * BK, CHUNK, COMPACT)
+        offs_l, ok_l = step_channels(list_ptr, count, K, k_start, j_next - 2 * BK, CHUNK, COMPACT)
+    kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     w = _fma_weights(wq, offs_r, kept, NQ, offs_q, q_mask)
-    thr, r0, r1, r2, r3 = _pipe_rows_load(x_ptr, thr_ptr, offs_l, ok_l, M, stride_xm, BLOCK_M)
+    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_l, ok_l, M, stride_xm, BLOCK_M)
     offs_r = offs_l
     ok_r = ok_l
-    offs_l, ok_l = _pipe_offs(list_ptr, count, K, k_start, j_next, CHUNK, COMPACT)
+    offs_l, ok_l = step_channels(list_ptr, count, K, k_start, j_next, CHUNK, COMPACT)
     return (acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3, w, x0, x1, x2, x3,
             offs_r, ok_r, thr, r0, r1, r2, r3, offs_l, ok_l)  # fmt: skip
 
@@ -178,20 +121,20 @@ def _fma_tile_pipe(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
     j = tl.arange(0, BLOCK_K)
     # prologue, per buffer (A: steps 0, 2, 4, 6; B: steps 1, 3, 5, 7): weight tile of its
     # first step, rows of its second, channels of its third
-    o, ok = _pipe_offs(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-    t_, q0, q1, q2, q3 = _pipe_rows_load(x_ptr, thr_ptr, o, ok, M, stride_xm, BLOCK_M)
-    kept, a0, a1, a2, a3 = _pipe_rows_keep(t_, q0, q1, q2, q3, BLOCK_M)
+    o, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+    t_, q0, q1, q2, q3 = load_rows(x_ptr, thr_ptr, o, ok, M, stride_xm, BLOCK_M)
+    kept, a0, a1, a2, a3 = keep_rows(t_, q0, q1, q2, q3, BLOCK_M)
     wa = _fma_weights(wq, o, kept, NQ, offs_q, q_mask)
-    o, ok = _pipe_offs(list_ptr, count, K, k_start, j + BLOCK_K, CHUNK, COMPACT)
-    t_, q0, q1, q2, q3 = _pipe_rows_load(x_ptr, thr_ptr, o, ok, M, stride_xm, BLOCK_M)
-    kept, b0, b1, b2, b3 = _pipe_rows_keep(t_, q0, q1, q2, q3, BLOCK_M)
+    o, ok = step_channels(list_ptr, count, K, k_start, j + BLOCK_K, CHUNK, COMPACT)
+    t_, q0, q1, q2, q3 = load_rows(x_ptr, thr_ptr, o, ok, M, stride_xm, BLOCK_M)
+    kept, b0, b1, b2, b3 = keep_rows(t_, q0, q1, q2, q3, BLOCK_M)
     wb = _fma_weights(wq, o, kept, NQ, offs_q, q_mask)
-    oa, oka = _pipe_offs(list_ptr, count, K, k_start, j + 2 * BLOCK_K, CHUNK, COMPACT)
-    ta, ra0, ra1, ra2, ra3 = _pipe_rows_load(x_ptr, thr_ptr, oa, oka, M, stride_xm, BLOCK_M)
-    ob, okb = _pipe_offs(list_ptr, count, K, k_start, j + 3 * BLOCK_K, CHUNK, COMPACT)
-    tb, rb0, rb1, rb2, rb3 = _pipe_rows_load(x_ptr, thr_ptr, ob, okb, M, stride_xm, BLOCK_M)
-    la, oka_l = _pipe_offs(list_ptr, count, K, k_start, j + 4 * BLOCK_K, CHUNK, COMPACT)
-    lb, okb_l = _pipe_offs(list_ptr, count, K, k_start, j + 5 * BLOCK_K, CHUNK, COMPACT)
+    oa, oka = step_channels(list_ptr, count, K, k_start, j + 2 * BLOCK_K, CHUNK, COMPACT)
+    ta, ra0, ra1, ra2, ra3 = load_rows(x_ptr, thr_ptr, oa, oka, M, stride_xm, BLOCK_M)
+    ob, okb = step_channels(list_ptr, count, K, k_start, j + 3 * BLOCK_K, CHUNK, COMPACT)
+    tb, rb0, rb1, rb2, rb3 = load_rows(x_ptr, thr_ptr, ob, okb, M, stride_xm, BLOCK_M)
+    la, oka_l = step_channels(list_ptr, count, K, k_start, j + 4 * BLOCK_K, CHUNK, COMPACT)
+    lb, okb_l = step_channels(list_ptr, count, K, k_start, j + 5 * BLOCK_K, CHUNK, COMPACT)
     acc0 = tl.zeros([BLOCK_K, ACC_N], dtype=tl.float32)  # even columns when PACKED
     acc1 = acc0
     acc2 = acc0

@@ -74,6 +74,7 @@ from .autotune_configs import (
     sparsity_bucket,
 )
 from .fma_pipelined import _fma_tile_pipe
+from .gemv_rows import keep_rows, load_rows, step_channels
 
 __all__ = ["sparse_gemv", "last_autotune_config", "SUPPORTED_DTYPES"]
 
@@ -107,37 +108,9 @@ def _fma_rows(x_ptr, thr_ptr, list_ptr, count, K, stride_xm, k_start, j, M,
     """Channels of step j (contiguous, or the next BLOCK_K entries of the kept list), their
     x for up to 4 rows in fp32 (rows >= M are 0) and the rows' keep masks; x of a dropped
     channel is zeroed here, so the FMA needs no select. Out-of-chunk steps keep nothing."""
-    if COMPACT:
-        ok = j < count
-        offs_k = tl.load(list_ptr + j, mask=ok, other=0)
-    else:
-        offs_k = k_start + j
-        ok = (j < CHUNK) & (offs_k < K)
-    zk = tl.zeros_like(j)  # zk < M - r: a tensor compare (the interpreter rejects scalar masks)
-    thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
-    x0 = tl.load(x_ptr + offs_k, mask=ok, other=0.0).to(tl.float32)
-    k0 = tl.abs(x0) > thr
-    x0 = tl.where(k0, x0, 0.0)
-    kept = k0
-    x1 = x0
-    x2 = x0
-    x3 = x0
-    if BLOCK_M >= 2:
-        x1 = tl.load(x_ptr + stride_xm + offs_k, mask=ok & (zk < M - 1), other=0.0)
-        x1 = x1.to(tl.float32)
-        k1 = tl.abs(x1) > thr
-        x1 = tl.where(k1, x1, 0.0)
-        kept = kept | k1
-    if BLOCK_M >= 4:
-        x2 = tl.load(x_ptr + 2 * stride_xm + offs_k, mask=ok & (zk < M - 2), other=0.0)
-        x3 = tl.load(x_ptr + 3 * stride_xm + offs_k, mask=ok & (zk < M - 3), other=0.0)
-        x2 = x2.to(tl.float32)
-        x3 = x3.to(tl.float32)
-        k2 = tl.abs(x2) > thr
-        k3 = tl.abs(x3) > thr
-        x2 = tl.where(k2, x2, 0.0)
-        x3 = tl.where(k3, x3, 0.0)
-        kept = kept | k2 | k3
+    offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
+    kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     return offs_k, kept, x0, x1, x2, x3
 
 
