@@ -59,11 +59,11 @@ def sparse_linear(
     rows = x.numel() // k if k else 0
     if rows > max_decode_rows and not sparse_prefill:
         return dense_linear(x, weight_t, bias)
-    if rows <= max_decode_rows and x.is_cuda and x.dtype in DECODE_DTYPES:
-        gemv = _triton_gemv()
+    gemv = _triton_gemv() if x.is_cuda and x.dtype in DECODE_DTYPES else None
+    if rows <= max_decode_rows and gemv is not None:
         hint = sparsity_hint if sparsity_hint >= 0 else None
         limit = switch_points.decode_rows_limit(x, k, segment_ends, _bucket(hint))
-        if gemv is not None and (limit is None or rows <= limit):
+        if limit is None or rows <= limit:
             y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias,
                      sparsity_hint=hint)  # fmt: skip
             return y.reshape(*x.shape[:-1], weight_t.shape[1])

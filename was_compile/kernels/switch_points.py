@@ -98,8 +98,10 @@ def _read(path: Path) -> dict:
 
 
 @functools.cache
-def _cached_table(path: str) -> dict:
-    return _read(Path(path))
+def _cached_table() -> dict:
+    """The table, read once per process (the op looks it up on every call; ``record`` and
+    tests clear this cache)."""
+    return _read(table_path())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -110,7 +112,7 @@ def _device_name(index: int) -> str:
 def decode_rows_limit(x: torch.Tensor, k: int, ends: Sequence[int], bucket: int) -> int | None:
     """Largest number of rows for which the sparse kernel was measured faster than the masked
     dense path for this shape, dtype, sparsity bucket and GPU; None where never measured."""
-    table = _cached_table(str(table_path()))
+    table = _cached_table()
     if not table:
         return None
     name = _device_name(x.device.index if x.device.index is not None else 0)
