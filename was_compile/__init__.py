@@ -1,9 +1,11 @@
 """was_compile: weight-aware activation sparsity as a torch.compile backend.
 
-import torch, was_compile
-cal = was_compile.calibrate(model, batches)           # score statistics per site
-schedule = was_compile.make_schedule(cal, 0.5)        # 50% of the sites' weight bytes
-fast = torch.compile(model, backend="was", options={"schedule": schedule})
+Example::
+
+    import torch, was_compile
+    cal = was_compile.calibrate(model, batches)           # score statistics per site
+    schedule = was_compile.make_schedule(cal, 0.5)        # 50% of the sites' weight bytes
+    fast = torch.compile(model, backend="was", options={"schedule": schedule})
 """
 
 from . import kernels as _kernels  # noqa: F401  (registers torch.ops.was.*)
