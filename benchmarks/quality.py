@@ -258,6 +258,7 @@ def evaluate(model, windows, thresholds, batch: int, sites) -> tuple[float, floa
     import torch
 
     from was_compile import masked_inputs
+    from was_compile.schedules.schedule_file import byte_weighted_sparsity
 
     counts: dict[str, list[int]] = {}
     nll, n = 0.0, 0
@@ -271,8 +272,7 @@ def evaluate(model, windows, thresholds, batch: int, sites) -> tuple[float, floa
             )
             n += ids.shape[0] * (ids.shape[1] - 1)
     measured = {k: c[0] / c[1] for k, c in counts.items()}
-    total = sum(s.numel for s in sites)
-    achieved = sum(measured.get(s.name, 0.0) * s.numel for s in sites) / total
+    achieved = byte_weighted_sparsity(sites, measured)
     return math.exp(nll / n), (achieved if thresholds else 0.0), measured
 
 
