@@ -81,7 +81,7 @@ def load_kernel_module(kernel_file: Path | None):
     pkg = tmp / "sass_variant"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for sibling in ("autotune_configs.py", "fma_pipelined.py", "gemv_rows.py"):
+    for sibling in ("autotune_configs.py", "fma_pipelined.py", "fma_wide.py", "gemv_rows.py"):
         shutil.copy(ROOT / "was_compile" / "kernels" / sibling, pkg)
     shutil.copy(kernel_file, pkg / "triton_sparse_gemv.py")
     sys.path.insert(0, str(tmp))
@@ -132,8 +132,9 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
         sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
-    if config.get("PIPE", 0):  # only passed when set: older kernel files have no PIPE
-        meta["PIPE"] = config["PIPE"]
+    for opt in ("PIPE", "WIDE"):  # only passed when set: older kernel files lack them
+        if config.get(opt, 0):
+            meta[opt] = config[opt]
     kwargs = {**meta, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     if config.get("maxnreg"):
         kwargs["maxnreg"] = config["maxnreg"]
@@ -320,6 +321,7 @@ def select_rows(specs: list) -> list:
 def config_name(c: dict) -> str:
     kind = "dot" if c["USE_DOT"] else "fma"
     pipe = f"_p{c['PIPE']}" if c.get("PIPE", 0) else ""
+    pipe += "_wide" if c.get("WIDE", 0) else ""
     pipe += f"_r{c['maxnreg']}" if c.get("maxnreg") else ""
     return (
         f"{c['BLOCK_N']}x{c['BLOCK_K']}x{c['K_ITERS']}_{kind}_c{c['COMPACT']}"
@@ -339,6 +341,8 @@ def run_cases(args) -> list:
         c = dict(r["config"])
         if args.pipe and not c["USE_DOT"] and r["M"] <= 4:
             c["PIPE"] = args.pipe  # the experimental FMA variant with the same tile
+        if args.config:  # an explicit config for every row (e.g. a new tile shape)
+            c = {"USE_DOT": 0, "COMPACT": 0, "num_stages": 1, **json.loads(args.config)}
         if args.maxnreg:
             c["maxnreg"] = args.maxnreg
         r = {**r, "config": c}
@@ -489,6 +493,12 @@ def main(argv=None) -> None:
         default=0,
         help="compile the FMA-path rows (M <= 4) with PIPE=N (1: the experimental ping-pong "
         "variant, same tile as the H100-chosen config) instead of the config that ran",
+    )
+    ap.add_argument(
+        "--config",
+        default=None,
+        help='compile every row with this config instead, as JSON, e.g. \'{"BLOCK_N": 512, '
+        '"BLOCK_K": 16, "K_ITERS": 8, "WIDE": 1, "num_warps": 2}\'',
     )
     ap.add_argument("--fit", action="store_true", help="fit the latency + bytes model only")
     args = ap.parse_args(argv)

@@ -255,8 +255,14 @@ def test_gpu_config_space():
     assert 1 <= len(kept) <= ac.MAX_CANDIDATES
     for c in kept:
         ctas = ac.column_tiles(ends, c.kwargs["BLOCK_N"]) * ac.num_k_splits(4096, c.kwargs)
-        assert 132 <= ctas <= 16 * 132
+        assert 4 * 132 <= ctas * c.num_warps <= 64 * 132  # warps launched
         assert not c.kwargs["USE_DOT"] and not c.kwargs["COMPACT"]
+    assert {c.kwargs.get("WIDE", 0) for c in kept} == {0, 1}  # both FMA layouts are timed
+    # M = 4: wide tiles only with BLOCK_K <= 8 (x rows held per lane); M = 8: none
+    kept4 = ac._prune_cached(tuple(configs), ends, 4096, 4, 3, 2, 132)
+    assert all(c.kwargs["BLOCK_K"] <= 8 for c in kept4 if c.kwargs.get("WIDE", 0))
+    kept8 = ac._prune_cached(tuple(configs), ends, 4096, 8, 3, 2, 132)
+    assert not any(c.kwargs.get("WIDE", 0) for c in kept8)
     # high sparsity: the compacting variant competes with the masked one
     kept_sparse = ac._prune_cached(tuple(configs), ends, 4096, 1, 4, 2, 132)
     assert {c.kwargs["COMPACT"] for c in kept_sparse} == {0, 1}
@@ -359,3 +365,72 @@ def test_pipe_bad_value_and_experimental_space(monkeypatch):
     assert len(kept) <= 2 * ac.MAX_CANDIDATES
     monkeypatch.delenv("WAS_KERNEL_EXPERIMENTAL")
     assert ac.get_autotune_configs(interpret=False) == list(default)
+
+
+# ---------------------------------------------------------------- WIDE = 1 path (fma_wide.py)
+
+# Wide tiles: each lane holds all BLOCK_K rows of its columns. K_ITERS 1 and > 1 (prefetch of
+# the next step), masked and COMPACT, BLOCK_K from 4 to 16, aligned and odd segment ends.
+WIDE_CFGS = [
+    {"BLOCK_N": 32, "BLOCK_K": 8, "K_ITERS": 3, "USE_DOT": 0, "WIDE": 1, "num_warps": 1},
+    {"BLOCK_N": 16, "BLOCK_K": 16, "K_ITERS": 1, "USE_DOT": 0, "WIDE": 1, "num_warps": 2},
+    {"BLOCK_N": 32, "BLOCK_K": 4, "K_ITERS": 4, "USE_DOT": 0, "COMPACT": 1, "WIDE": 1},
+    {"BLOCK_N": 64, "BLOCK_K": 8, "K_ITERS": 8, "USE_DOT": 0, "COMPACT": 1, "WIDE": 1},
+]
+WIDE_CASES = [
+    (m, dt)
+    for m in (1, 2, 3, 4)
+    for dt in (torch.float32, torch.float16, torch.bfloat16)
+    if (m, dt) not in ((3, torch.float32), (2, torch.float16))
+]
+
+
+@pytest.mark.parametrize("ends", ["aligned", "odd"])
+@pytest.mark.parametrize("m,dtype", WIDE_CASES)
+def test_wide_matches_reference(m, dtype, ends):
+    k, ends_l = 45, PIPE_ENDS[ends]
+    i = m + (2 if ends == "odd" else 0) + (1 if dtype == torch.bfloat16 else 0)
+    cfg = WIDE_CFGS[i % len(WIDE_CFGS)]
+    x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=40 + m, bias=m % 2 == 0)
+    y = sparse_gemv(x, w_t, thr, ends_l, b, config=cfg)
+    check(y, reference(x, w_t, thr, ends_l, b), x, k)
+
+
+@pytest.mark.parametrize("cfg", range(len(WIDE_CFGS)))
+def test_wide_all_and_none_dropped(cfg):
+    k, ends_l = 45, PIPE_ENDS["odd" if cfg % 2 else "aligned"]
+    dtype = torch.float16 if cfg % 2 else torch.bfloat16
+    x, w_t, _, b = _make(4, k, ends_l, dtype, seed=50 + cfg)
+    c = WIDE_CFGS[cfg]
+    thr = torch.full((len(ends_l), k), float("inf"))
+    assert torch.equal(sparse_gemv(x, w_t, thr, ends_l, b, config=c), b.expand(4, -1))
+    thr = torch.full((len(ends_l), k), -1.0)
+    dense = x.double() @ w_t.double() + b.double()
+    check(sparse_gemv(x, w_t, thr, ends_l, b, config=c), dense, x, k)
+
+
+def test_wide_dropped_rows_never_read_and_own_masks():
+    # NaN weights in rows every row of x drops must never be loaded; each row multiplies only
+    # its own kept channels (row 0 keeps even channels, row 1 odd ones)
+    k, ends = 45, [16, 48]
+    g = _gen(11)
+    x = (torch.rand(2, k, generator=g) + 0.5).to(torch.bfloat16)
+    x[0, 1::2] = 0.1
+    x[1, 0::2] = -0.1
+    x[:, 5:12] = 0.05  # dropped by both rows
+    w_t = torch.randn(k, 48, generator=g).to(torch.bfloat16)
+    thr = torch.full((2, k), 0.2)
+    w_poisoned = w_t.clone()
+    w_poisoned[5:12] = float("nan")
+    for cfg in (WIDE_CFGS[0], WIDE_CFGS[2]):
+        y = sparse_gemv(x, w_poisoned, thr, ends, config=cfg)
+        assert torch.isfinite(y).all()
+        check(y, reference(x, w_t, thr, ends, None), x, k)
+
+
+def test_wide_bad_configs():
+    x, w_t, thr, ends, b = _ok()
+    with pytest.raises(ValueError, match="WIDE must be 0 or 1"):
+        sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "WIDE": 2})
+    with pytest.raises(ValueError, match="WIDE"):
+        sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "WIDE": 1, "USE_DOT": 1})

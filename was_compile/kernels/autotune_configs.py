@@ -30,6 +30,14 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   x / thresholds before the current weight tile is consumed), 3 for the dot path (operands
   go through shared memory with cp.async pipelining).
 
+* WIDE = 1 (``fma_wide.py``, M <= 4): BLOCK_N = 256 columns per warp, every lane holds all
+  BLOCK_K rows of its 8 columns (BLOCK_K 16-byte loads in one burst, K summed in-thread).
+  Tiles and chunks from the H100 probes of benchmarks/results/tile_probe*.json (kernel_notes.md
+  section 8): 1-2 warp CTAs, BLOCK_K 8-32, chunks of 64-256 channels (4-16 steps), i.e. many
+  small independent CTAs, ~16-30 warps per SM. Beat the other FMA tiles at every Llama-3-8B
+  shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
+  held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
+
 * PIPE (experimental, off by default): 1 = the FMA path unrolled by two with ping-pong weight
   buffers carried as packed int32 and the rows (x, thresholds, keep mask) loaded one loop
   iteration ahead of their weight tiles (``_fma_tile_pipe``; see benchmarks/kernel_notes.md,
@@ -41,9 +49,11 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   and hence the tuned kernels are exactly those measured in benchmarks/results/kernels.json.
   A config without a PIPE key means PIPE = 0.
 
-The full list has 120 entries (without the experimental ones); ``prune_configs`` keeps at
-most ``MAX_CANDIDATES`` per tuning key, most promising tiles first, so first-call tuning of
-one key costs <= 12 compiles (cached across keys and processes) + 12 short benchmarks.
+The full list has 132 entries (without the experimental ones); ``prune_configs`` keeps at
+most ``MAX_CANDIDATES`` per tuning key, round robin over the masked, compacting and wide
+variants, most promising tiles first, so first-call tuning of one key costs <= 12 compiles
+(cached across keys and processes) + 12 short benchmarks. The ranking counts warps, not CTAs:
+about 24 resident warps per SM (1-warp wide CTAs and 4-warp tiles alike) is the target.
 
 On-disk cache: Triton >= 3.4 accepts ``cache_results=True`` on ``triton.autotune`` (or
 ``TRITON_CACHE_AUTOTUNING=1``): the timings of each tuning key are kept in Triton's cache
@@ -97,6 +107,14 @@ _DOT_TILES = (
     (128, 128, 8),
 )
 _CHUNKS_K = (256, 512, 1024, 2048)
+# WIDE = 1 tiles (BLOCK_N, BLOCK_K, num_warps) and chunks: see the module docstring
+_WIDE_TILES = (
+    (256, 16, 1),
+    (512, 16, 2),
+    (256, 8, 1),
+    (256, 32, 1),
+)
+_WIDE_CHUNKS_K = (64, 128, 256)
 _FMA_STAGES = (1,)
 _DOT_STAGES = (3,)
 
@@ -148,7 +166,7 @@ def experimental_enabled() -> bool:
     return os.environ.get("WAS_KERNEL_EXPERIMENTAL", "0").strip().lower() in ("1", "true", "on")
 
 
-def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, pipe=0, maxnreg=None):
+def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, pipe=0, maxnreg=None, wide=0):
     kw = {
         "BLOCK_N": block_n,
         "BLOCK_K": block_k,
@@ -158,6 +176,8 @@ def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, pipe=0, maxn
     }
     if pipe:  # only experimental configs carry the key (a missing PIPE means 0)
         kw["PIPE"] = pipe
+    if wide:  # likewise WIDE (a missing WIDE means 0)
+        kw["WIDE"] = wide
     if maxnreg:
         return triton.Config(kw, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
     return triton.Config(kw, num_warps=warps, num_stages=stages)
@@ -183,6 +203,9 @@ def _all_configs(interpret: bool, experimental: bool = False) -> tuple:
         # CPU): small enough that odd test shapes span several column tiles and K splits.
         return (_make(32, 32, 64, 0, 0, 4, 1),)
     out = []
+    for block_n, block_k, warps in _WIDE_TILES:
+        for chunk in _WIDE_CHUNKS_K:
+            out.append(_make(block_n, block_k, chunk, 0, 0, warps, 1, wide=1))
     for compact in (0, 1):
         for block_n, block_k, warps in _FMA_TILES:
             for chunk in _CHUNKS_K:
@@ -226,6 +249,8 @@ def _fits_registers(kw: dict, warps: int, block_m: int) -> bool:
     thread (plus the weight tile), or occupancy and bytes in flight collapse. COMPACT: the
     union mask of the chunk is built from M rows x CHUNK entries of x held in registers."""
     threads = 32 * warps
+    if kw.get("WIDE", 0):  # [BLOCK_N] accumulators; x of BLOCK_K rows (and the next step's)
+        return block_m <= 4 and block_m * kw["BLOCK_K"] <= 32
     if not kw["USE_DOT"] and block_m * kw["BLOCK_K"] * kw["BLOCK_N"] > 64 * threads:
         return False
     if kw.get("COMPACT", 0) and block_m * kw["BLOCK_K"] * kw["K_ITERS"] > 32 * threads:
@@ -251,7 +276,7 @@ def _prune_cached(
         return configs
     n = segment_ends[-1]
     min_chunk = min(c.kwargs["BLOCK_K"] * c.kwargs["K_ITERS"] for c in configs)
-    lo, hi, target = sms, 16 * sms, 4 * sms
+    lo, hi, target = 4 * sms, 64 * sms, 24 * sms  # warps launched (see the module docstring)
     scored = []
     for cfg in configs:
         kw = cfg.kwargs
@@ -273,20 +298,21 @@ def _prune_cached(
         overhead = (splits * mb * 4 * 2) / max(1, k * elem)
         if splits > 1 and overhead > MAX_PARTIAL_OVERHEAD:
             continue
-        ctas = column_tiles(segment_ends, kw["BLOCK_N"]) * splits
-        outside = 0 if lo <= ctas <= hi else 1
-        tile = (kw["BLOCK_N"], kw["BLOCK_K"], use_dot, compact, cfg.num_warps, cfg.num_stages)
+        warps = column_tiles(segment_ends, kw["BLOCK_N"]) * splits * cfg.num_warps
+        outside = 0 if lo <= warps <= hi else 1
+        variant = 2 if kw.get("WIDE", 0) else compact
+        tile = (kw["BLOCK_N"], kw["BLOCK_K"], use_dot, variant, cfg.num_warps, cfg.num_stages)
         if kw.get("PIPE", 0):  # experimental: its own tile in the round robin
             tile += (kw["PIPE"], getattr(cfg, "maxnreg", None))
-        scored.append((outside, abs(math.log2(ctas / target)), len(scored), tile, cfg))
+        scored.append((outside, abs(math.log2(warps / target)), len(scored), tile, cfg))
     if not scored:  # nothing fits the rules: keep the smallest tile
         return (min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
     scored.sort(key=lambda t: t[:3])
     # Round robin over tiles: every tile's best split-K first, then every tile's second best,
     # so the candidates differ in tile shape and in split-K rather than repeating one of them.
-    # The masked and the compacting variants alternate, so both are timed at high sparsity.
+    # The masked, compacting and wide variants alternate, so each is timed.
     rank_in_tile: dict = {}
-    by_variant: dict = {0: [], 1: []}
+    by_variant: dict = {0: [], 1: [], 2: []}
     for entry in scored:
         r = rank_in_tile.get(entry[3], 0)
         rank_in_tile[entry[3]] = r + 1

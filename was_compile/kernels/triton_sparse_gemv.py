@@ -74,6 +74,7 @@ from .autotune_configs import (
     sparsity_bucket,
 )
 from .fma_pipelined import _fma_tile_pipe
+from .fma_wide import _fma_tile_wide
 from .gemv_rows import keep_rows, load_rows, step_channels
 
 __all__ = ["sparse_gemv", "last_autotune_config", "SUPPORTED_DTYPES"]
@@ -218,7 +219,7 @@ def _sparse_gemv_kernel(
     SPARSITY_BUCKET,
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
-    COMPACT: tl.constexpr, PIPE: tl.constexpr = 0,
+    COMPACT: tl.constexpr, PIPE: tl.constexpr = 0, WIDE: tl.constexpr = 0,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
     Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N]."""
@@ -288,6 +289,11 @@ def _sparse_gemv_kernel(
                          offs_n, n_mask, BLOCK_N, BLOCK_K, K_ITERS, COMPACT,
                          INTERPRET)  # fmt: skip
         offs_m = tl.arange(0, 16)
+    elif WIDE:  # wide tiles: many rows per thread, K reduced in-thread (fma_wide.py)
+        part = _fma_tile_wide(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
+                              k_start, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
+                              COMPACT)  # fmt: skip
+        offs_m = tl.arange(0, M_BUCKET)
     elif PIPE:  # experimental (WAS_KERNEL_EXPERIMENTAL=1 or an explicit config)
         part = _fma_tile_pipe(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
                               k_start, offs_n, n_mask, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K,
@@ -498,6 +504,13 @@ def sparse_gemv(
             _fail(f"config: PIPE must be 0 or 1, got {pipe}")
         if pipe:  # passed only when set: PIPE = 0 launches exactly the default kernel
             meta["PIPE"] = pipe
+        wide = int(config.get("WIDE", 0))
+        if wide not in (0, 1):
+            _fail(f"config: WIDE must be 0 or 1, got {wide}")
+        if wide:  # passed only when set, as PIPE
+            if meta["USE_DOT"] or mb > 4 or pipe:
+                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0, PIPE = 0 and M <= 4")
+            meta["WIDE"] = wide
         pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
         if meta["COMPACT"]:
             pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
