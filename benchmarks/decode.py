@@ -58,6 +58,9 @@ sys.path.insert(0, ROOT)  # benchmark this working tree's was_compile
 from was_compile import calibrate, make_schedule, masked_inputs  # noqa: E402
 from was_compile.backend import last_compile_stats, prepare  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: timing.py
+from timing import graph_ms  # noqa: E402
+
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "decode.json")
 # name: (transformers family, config kwargs with the real shapes). Rope settings stay at their
 # defaults: they do not change what a decode step costs.
@@ -161,17 +164,7 @@ class Clock:
         """Median time of ``fn`` captured in one CUDA graph (eager calls on the CPU)."""
         if not self.cuda:
             return self.median_ms(fn, iters=2, warmup=1)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        t = self.median_ms(graph.replay, iters=iters, warmup=3)
-        del graph
-        return t
+        return graph_ms(fn, lambda replay: self.median_ms(replay, iters=iters, warmup=3))
 
 
 def build_model(family: str, shape: dict, layers, device, dtype):

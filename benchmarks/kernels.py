@@ -42,6 +42,9 @@ import platform
 import sys
 import time
 
+# benchmarks/ for timing.py (already first on sys.path when this runs as a script)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 MODELS = {
     # name: (hidden, intermediate, heads, kv_heads, head_dim, qkv_bias)
     "Llama-3-8B": (4096, 14336, 32, 8, 128, False),
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
         return 2
     import torch.nn.functional as F
     import triton
-    import triton.testing
+    from timing import do_bench_ms, graph_ms
 
     from was_compile.kernels.triton_sparse_gemv import last_autotune_config, sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
@@ -224,24 +227,14 @@ def main(argv=None) -> int:
             for _ in range(2):
                 fn()
             return (time.perf_counter() - t0) / 2 * 1e3
-        return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median")
+        return do_bench_ms(fn, warmup_ms=25, rep_ms=rep)
 
     def bench(fn):
         fn()
         sync()
         if not use_graph:
             return do_bench(fn, args.rep)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        t = do_bench(graph.replay, args.rep)
-        del graph
-        return t
+        return graph_ms(fn, lambda replay: do_bench(replay, args.rep))
 
     # device-to-device copy bandwidth (bytes read + written), large tensors
     src = torch.empty(2**20 if args.smoke else 2**29, dtype=torch.bfloat16, device=device)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py (first already when run as a script)
 
 CASES = [  # (shape, K, segment_ends, sparsity, tile chosen by the H100 tuner for PIPE=0)
     ("gate_up", 4096, [14336, 28672], 0.5, (256, 16, 64, 0)),
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
     import triton
-    import triton.testing
+    from timing import do_bench_ms, graph_ms
 
     from was_compile.kernels.triton_sparse_gemv import sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
@@ -45,10 +46,7 @@ def main(argv=None) -> int:
     def bench(fn):
         fn()
         torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        return triton.testing.do_bench(g.replay, warmup=10, rep=40, return_mode="median")
+        return graph_ms(fn, lambda replay: do_bench_ms(replay, warmup_ms=10, rep_ms=40))
 
     src = torch.randn(2**28, device=dev, dtype=torch.bfloat16)
     dst = torch.empty_like(src)

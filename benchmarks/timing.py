@@ -1,0 +1,70 @@
+"""CUDA-graph timing shared by the GPU benchmarks (``decode.py``, ``kernels.py``,
+``pipe_probe.py``).
+
+A callable is captured once in a CUDA graph, after one warm-up call on a side stream (the
+order PyTorch's CUDA-graph notes prescribe: lazy initialisation, autotuning and allocator
+warm-up happen outside the capture), and the graph's replays are timed by a timer the caller
+picks, so each benchmark keeps its own protocol:
+
+* :func:`do_bench_ms`: ``triton.testing.do_bench``, median, L2 flushed before each replay
+  (the weights stream from HBM as they do in decode); ``warmup_ms``/``rep_ms`` are budgets of
+  GPU time in milliseconds, not call counts;
+* any other ``timer(fn) -> ms``, such as ``decode.Clock.median_ms`` (CUDA events, median, no
+  L2 flush).
+
+Every time is in milliseconds. torch and triton are imported inside the functions, so a script
+may import this module before it sets ``TRITON_INTERPRET`` (``kernels.py --smoke``).
+
+Scripts run as ``python benchmarks/X.py`` find this module because Python puts the script's
+folder (``benchmarks/``) first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+Timer = Callable[[Callable[[], object]], float]
+
+
+def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph, after one warm-up call on a side stream.
+
+    ``fn`` runs twice (warm-up, capture); a replay of the returned graph runs it again on the
+    current stream with the same memory.
+    """
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def graph_ms(fn: Callable[[], object], timer: Timer) -> float:
+    """Milliseconds ``timer`` reports for replays of ``fn`` captured in one CUDA graph.
+
+    The graph (and the memory its capture pool holds) is released before returning.
+    """
+    graph = capture_graph(fn)
+    try:
+        return timer(graph.replay)
+    finally:
+        del graph
+
+
+def do_bench_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median milliseconds of ``fn`` by ``triton.testing.do_bench`` (L2 flushed before each
+    call; ``warmup_ms`` and ``rep_ms`` are GPU-time budgets in ms, from which do_bench derives
+    the call counts)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")

@@ -1,0 +1,75 @@
+"""benchmarks/timing.py: the CUDA-graph timing shared by decode.py, kernels.py, pipe_probe.py."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_timing():
+    spec = importlib.util.spec_from_file_location("bench_timing", ROOT / "benchmarks/timing.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_graph_ms_order_without_a_gpu(monkeypatch):
+    """Warm-up on a side stream, then capture, then the timer gets the graph's replay."""
+    timing = load_timing()
+    events: list[str] = []
+
+    class Stream:
+        def wait_stream(self, other):
+            events.append("wait")
+
+    class Ctx:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            events.append(f"enter {self.name}")
+
+        def __exit__(self, *exc):
+            events.append(f"exit {self.name}")
+
+    class Graph:
+        def replay(self):
+            events.append("replay")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: Ctx("side"))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: Ctx("capture"))
+
+    def timer(fn):
+        fn()
+        fn()
+        return 1.5
+
+    ms = timing.graph_ms(lambda: events.append("fn"), timer)
+    assert ms == 1.5
+    assert events == ["wait", "enter side", "fn", "exit side", "wait", "enter capture", "fn",
+                      "exit capture", "replay", "replay"]  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_graph_ms_replays_on_the_gpu():
+    timing = load_timing()
+    y = torch.zeros(1024, device="cuda")
+
+    def timer(replay):
+        for _ in range(3):
+            replay()
+        torch.cuda.synchronize()
+        return 0.25
+
+    assert timing.graph_ms(lambda: y.add_(1), timer) == 0.25
+    assert torch.equal(y, torch.full_like(y, 4))  # one warm-up call + three replays
+    src = torch.randn(2**24, device="cuda")
+    dst = torch.empty_like(src)
+    ms = timing.graph_ms(lambda: dst.copy_(src), timing.do_bench_ms)
+    assert 0 < ms < 100 and torch.equal(dst, src)
