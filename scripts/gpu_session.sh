@@ -43,7 +43,8 @@ for stage in "$@"; do
   tail -n 30 "$out/stage$i.log"
   echo "=== stage $i: rc $rc after $(( $(date +%s) - t0 ))s"
 done
-for f in benchmarks/results/kernels.json benchmarks/results/decode.json; do
+for f in benchmarks/results/kernels.json benchmarks/results/decode.json \
+         benchmarks/results/search_cost.json; do
   [ -f "$f" ] && cp "$f" "$out/"
 done
 tar czf "$out/caches.tgz" -C /tmp/wascache triton inductor 2>/dev/null
