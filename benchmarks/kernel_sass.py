@@ -26,8 +26,8 @@ loads means those loads are not in flight across the back-edge.
     python benchmarks/kernel_sass.py --rows Llama-3-8B:gate_up:1:0.5 --listing
     python benchmarks/kernel_sass.py --kernel-file /tmp/variant.py   # a modified copy
     python benchmarks/kernel_sass.py --fit                   # latency + bytes model of kernels.json
-    python benchmarks/kernel_sass.py --pipe 1                # the experimental PIPE=1 FMA variant
-    python benchmarks/kernel_sass.py --pipe 1 --maxnreg 128  # ... with a register cap
+    python benchmarks/kernel_sass.py --config '{"BLOCK_N": 256, "BLOCK_K": 16, "K_ITERS": 8,
+        "WIDE": 1, "num_warps": 1}'                          # one explicit config for all rows
 
 To compile with the Triton the H100 run used (3.6.0, see kernels.json meta), install its wheel
 into a folder and put it first on the path:
@@ -81,7 +81,7 @@ def load_kernel_module(kernel_file: Path | None):
     pkg = tmp / "sass_variant"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for sibling in ("autotune_configs.py", "fma_pipelined.py", "fma_wide.py", "gemv_rows.py"):
+    for sibling in ("autotune_configs.py", "fma_wide.py", "gemv_rows.py", "splitk.py"):
         shutil.copy(ROOT / "was_compile" / "kernels" / sibling, pkg)
     shutil.copy(kernel_file, pkg / "triton_sparse_gemv.py")
     sys.path.insert(0, str(tmp))
@@ -132,7 +132,7 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
         sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
-    for opt in ("PIPE", "WIDE"):  # only passed when set: older kernel files lack them
+    for opt in ("PIPE", "WIDE"):  # only passed when set (PIPE: kernel files before 2026-11-23)
         if config.get(opt, 0):
             meta[opt] = config[opt]
     kwargs = {**meta, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
@@ -339,8 +339,6 @@ def run_cases(args) -> list:
     results = []
     for r in select_rows(args.rows):
         c = dict(r["config"])
-        if args.pipe and not c["USE_DOT"] and r["M"] <= 4:
-            c["PIPE"] = args.pipe  # the experimental FMA variant with the same tile
         if args.config:  # an explicit config for every row (e.g. a new tile shape)
             c = {"USE_DOT": 0, "COMPACT": 0, "num_stages": 1, **json.loads(args.config)}
         if args.maxnreg:
@@ -487,13 +485,6 @@ def main(argv=None) -> None:
     ap.add_argument("--kernel-file", default=None, help="compile a modified copy of the kernel")
     ap.add_argument("--maxnreg", type=int, default=0, help="cap registers per thread")
     ap.add_argument("--listing", action="store_true", help="print the annotated main loop")
-    ap.add_argument(
-        "--pipe",
-        type=int,
-        default=0,
-        help="compile the FMA-path rows (M <= 4) with PIPE=N (1: the experimental ping-pong "
-        "variant, same tile as the H100-chosen config) instead of the config that ran",
-    )
     ap.add_argument(
         "--config",
         default=None,

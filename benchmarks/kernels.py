@@ -22,9 +22,6 @@ before each one (decode streams weights from HBM), median of the repetitions.
     python benchmarks/kernels.py            # all models, M = 1, 2, 4, 8
     python benchmarks/kernels.py --quick    # Llama-3-8B, M = 1
     python benchmarks/kernels.py --smoke    # no GPU: checks this script on a tiny model
-    python benchmarks/kernels.py --variants --models Llama-3-8B --m 1 --sparsities 0 0.5 0.7
-        # default autotuned kernel vs. the best of the experimental PIPE = 1 configs (same
-        # tiles as the tuner's candidates), side by side -> results/kernels_variants.json
 
 Cost: the first call of each tuning key (N, K, M bucket, sparsity bucket) compiles and times
 up to 12 configs. Measured on an H100 with a cold Triton cache: all four models, M = 1, 2, 4,
@@ -62,53 +59,16 @@ M_VALUES = (1, 2, 4, 8)
 _CFG_FMT = (
     "{BLOCK_N}x{BLOCK_K}x{K_ITERS} dot={USE_DOT} compact={COMPACT} w{num_warps} s{num_stages}"
 )
-# --variants: FMA-path tiles of the tuner's candidates for a key that get a PIPE = 1 run
-VARIANT_TILES = 4
 
 
 def _cfg_str(cfg):
     if not cfg:
         return "?"
     out = _CFG_FMT.format(**{"COMPACT": 0, **cfg})
-    if cfg.get("PIPE", 0):
-        out += f" pipe={cfg['PIPE']}"
+    if cfg.get("WIDE", 0):
+        out += " wide"
     if cfg.get("maxnreg"):
         out += f" r{cfg['maxnreg']}"
-    return out
-
-
-def pipe_configs(ends, k, m, sp, elem, default_cfg):
-    """--variants: explicit PIPE = 1 configs for one key: the tile the tuner chose (when on the
-    FMA path) and the first VARIANT_TILES FMA-path candidates of the pruner, each with and
-    without the register cap (see autotune_configs.pipe_variants)."""
-    from was_compile.kernels.autotune_configs import (
-        candidate_configs,
-        m_bucket,
-        pipe_variants,
-        sparsity_bucket,
-    )
-
-    mb = m_bucket(m)
-    if mb > 4:
-        return []
-    tiles = []
-    if default_cfg and not default_cfg["USE_DOT"]:
-        kw = {key: default_cfg[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")}
-        kw["COMPACT"] = default_cfg.get("COMPACT", 0)
-        tiles.append((kw, default_cfg["num_warps"], default_cfg["num_stages"]))
-    for c in candidate_configs(tuple(ends), k, mb, sparsity_bucket(sp), elem):
-        if len(tiles) > VARIANT_TILES:
-            break
-        kw = {key: v for key, v in c.kwargs.items() if key != "PIPE"}
-        if not kw["USE_DOT"] and (kw, c.num_warps, c.num_stages) not in tiles:
-            tiles.append((kw, c.num_warps, c.num_stages))
-    out = []
-    for kw, warps, stages in tiles:
-        for c in pipe_variants(kw, warps, stages):
-            cfg = {**c.kwargs, "num_warps": warps, "num_stages": stages}
-            if getattr(c, "maxnreg", None):
-                cfg["maxnreg"] = c.maxnreg
-            out.append(cfg)
     return out
 
 
@@ -159,13 +119,6 @@ def parse_args(argv=None):
         "models one per process to stay under a time limit, then find them all in one file)",
     )
     p.add_argument(
-        "--variants",
-        action="store_true",
-        help="also time the experimental PIPE = 1 kernel (best of a few explicit configs with "
-        "the tuner's tiles) next to the default autotuned one; rows carry a 'variant' field; "
-        "writes to --out (default benchmarks/results/kernels_variants.json, never kernels.json)",
-    )
-    p.add_argument(
         "--smoke",
         action="store_true",
         help="no GPU: a tiny model on the CPU under the Triton interpreter, to check the "
@@ -173,15 +126,10 @@ def parse_args(argv=None):
     )
     args = p.parse_args(argv)
     out_given = "--out" in (argv if argv is not None else sys.argv[1:])
-    if args.variants and not out_given:
-        args.out = os.path.join(os.path.dirname(args.out), "kernels_variants.json")
     if args.smoke and not out_given:
         import tempfile
 
-        name = "kernels_variants.json" if args.variants else "kernels.json"
-        args.out = os.path.join(tempfile.mkdtemp(prefix="was_bench_smoke_"), name)
-    if args.variants and os.path.basename(args.out) == "kernels.json":
-        p.error("--variants writes its own file: give an --out other than kernels.json")
+        args.out = os.path.join(tempfile.mkdtemp(prefix="was_bench_smoke_"), "kernels.json")
     return args
 
 
@@ -263,12 +211,6 @@ def main(argv=None) -> int:
         "limit_bytes": "union-kept rows of weight_t (per segment) + x + y + thresholds (+ bias)",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if args.variants:
-        meta["variants"] = (
-            "default: the autotuned kernel (default config space); pipe1: the fastest of "
-            "explicit PIPE = 1 configs (the default row's tile and the first FMA-path tiles of "
-            "the tuner's candidates, with and without maxnreg = 128); all timed in this run"
-        )
     rows: list[dict] = []
     kept_rows: list[dict] = []
     if args.merge and os.path.exists(args.out):
@@ -371,36 +313,7 @@ def main(argv=None) -> int:
                         "copy_bandwidth_Bps": copy_bw,
                         "config": cfg,
                     }
-                    if args.variants:
-                        row["variant"] = "default"
                     new_rows = [row]
-                    if args.variants:  # the experimental PIPE = 1 kernel, best explicit config
-                        timed = []
-                        for pcfg in pipe_configs(ends, k, m, sp, elem, cfg):
-                            pfn = functools.partial(
-                                sparse_gemv, x, w_t, thr, ends, bias, config=pcfg
-                            )
-                            p_err = rel_err_of(pfn())
-                            sync()
-                            timed.append((bench(pfn) * 1e3, p_err, pcfg))
-                        if timed:
-                            p_us, p_err, pcfg = min(timed, key=lambda t: t[0])
-                            new_rows.append(
-                                {
-                                    **row,
-                                    "variant": "pipe1",
-                                    "was_us": p_us,
-                                    "speedup_vs_cublas": cublas_us / p_us,
-                                    "fraction_of_limit": limit_us / p_us,
-                                    "max_rel_err": max(t[1] for t in timed),
-                                    "config": pcfg,
-                                    "speedup_vs_default": was_us / p_us,
-                                    "candidates": [
-                                        {"config": c, "was_us": t, "max_rel_err": e}
-                                        for t, e, c in timed
-                                    ],
-                                }
-                            )
                     measured[(key, m, sp)] = new_rows
                     rows.extend(new_rows)
                     for r in new_rows:
@@ -410,7 +323,6 @@ def main(argv=None) -> int:
                             f"{union_kept:>6.2f}{cublas_us:>9.1f}{cublas_split_us:>9.1f}"
                             f"{r_us:>9.1f}{limit_us:>9.1f}{cublas_us / r_us:>9.2f}"
                             f"{limit_us / r_us:>7.0%}  {_cfg_str(r['config'])}"
-                            + (f"  [{r['variant']}]" if args.variants else "")
                             + (f"  REL ERR {r_err:.1e}" if r_err > 2e-2 else ""),
                             flush=True,
                         )

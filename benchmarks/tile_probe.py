@@ -12,7 +12,8 @@ two to four minutes; used to try kernel variants before they join the tuning spa
 
 ``--wide-file F`` swaps in another implementation of ``fma_wide._fma_tile_wide`` (a modified
 copy of the file, absolute imports) before the kernel is imported: A/B runs of kernel code.
-``--merge`` adds this run's rows to an existing ``--out`` file (each run keeps its own meta).
+``--merge`` adds this run's rows to an existing ``--out`` file (each run
+keeps its own meta).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py
 
 # Llama-3-8B linear shapes: name -> (K, segment ends); q|k|v and gate|up as one launch
 SHAPES = {
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
     import triton
-    import triton.testing
+    from timing import do_bench_ms, graph_ms
 
     from was_compile.kernels.triton_sparse_gemv import sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
@@ -68,12 +70,7 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
 
     def bench(fn):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        return triton.testing.do_bench(g.replay, warmup=10, rep=args.rep, return_mode="median")
+        return graph_ms(fn, lambda replay: do_bench_ms(replay, warmup_ms=10, rep_ms=args.rep))
 
     src = torch.empty(2**29, device=dev, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)

@@ -1,5 +1,5 @@
 """CUDA-graph timing shared by the GPU benchmarks (``decode.py``, ``kernels.py``,
-``pipe_probe.py``).
+``tile_probe.py``).
 
 A callable is captured once in a CUDA graph, after one warm-up call on a side stream (the
 order PyTorch's CUDA-graph notes prescribe: lazy initialisation, autotuning and allocator

@@ -1,4 +1,4 @@
-"""benchmarks/timing.py: the CUDA-graph timing shared by decode.py, kernels.py, pipe_probe.py."""
+"""benchmarks/timing.py: the CUDA-graph timing shared by decode.py, kernels.py, tile_probe.py."""
 
 import importlib.util
 from pathlib import Path

@@ -253,11 +253,15 @@ def test_gpu_config_space():
     ends = (4096, 5120, 6144)
     kept = ac._prune_cached(tuple(configs), ends, 4096, 1, 1, 2, 132)  # M = 1, < 25% sparse
     assert 1 <= len(kept) <= ac.MAX_CANDIDATES
-    for c in kept:
-        ctas = ac.column_tiles(ends, c.kwargs["BLOCK_N"]) * ac.num_k_splits(4096, c.kwargs)
-        assert 4 * 132 <= ctas * c.num_warps <= 64 * 132  # warps launched
-        assert not c.kwargs["USE_DOT"] and not c.kwargs["COMPACT"]
-    assert {c.kwargs.get("WIDE", 0) for c in kept} == {0, 1}  # both FMA layouts are timed
+    warps = [
+        ac.column_tiles(ends, c.kwargs["BLOCK_N"]) * ac.num_k_splits(4096, c.kwargs) * c.num_warps
+        for c in kept
+    ]
+    in_range = [4 * 132 <= w <= 64 * 132 for w in warps]  # warps launched
+    assert in_range[0] and sum(in_range) >= len(kept) // 2  # those that fill the SMs first
+    assert in_range == sorted(in_range, reverse=True)
+    for c in kept:  # M = 1, 2: only the wide FMA tiles (they won every shape on the H100)
+        assert not c.kwargs["USE_DOT"] and not c.kwargs["COMPACT"] and c.kwargs["WIDE"] == 1
     # M = 4: wide tiles only with BLOCK_K <= 8 (x rows held per lane); M = 8: none
     kept4 = ac._prune_cached(tuple(configs), ends, 4096, 4, 3, 2, 132)
     assert all(c.kwargs["BLOCK_K"] <= 8 for c in kept4 if c.kwargs.get("WIDE", 0))
@@ -281,90 +285,9 @@ def test_autotune_kwargs_cache_results():
     assert kw.get("cache_results", False) == has
 
 
-# ---------------------------------------------------------------- experimental PIPE = 1 path
-
-# PIPE = 1: the FMA path unrolled by two (ping-pong weight buffers, rows one iteration ahead).
-# K_ITERS odd (an empty extra step) and even, masked and COMPACT; segment ends that are
-# multiples of 16 take the packed-int32 weight path for fp16/bf16, odd ones the plain one.
-PIPE_CFGS = [
-    {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 3, "USE_DOT": 0, "PIPE": 1},
-    {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 2, "USE_DOT": 0, "PIPE": 1},
-    {"BLOCK_N": 32, "BLOCK_K": 16, "K_ITERS": 1, "USE_DOT": 0, "COMPACT": 1, "PIPE": 1},
-    {"BLOCK_N": 32, "BLOCK_K": 8, "K_ITERS": 4, "USE_DOT": 0, "COMPACT": 1, "PIPE": 1},
-]
-PIPE_ENDS = {"aligned": [16, 48], "odd": [9, 26, 37]}
-
-
-PIPE_CASES = [  # (M, dtype): every M with two or three dtypes (the interpreter is slow)
-    (m, dt)
-    for m in (1, 2, 3, 4)
-    for dt in (torch.float32, torch.float16, torch.bfloat16)
-    if (m, dt) not in ((2, torch.float32), (3, torch.float16))
-]
-
-
-@pytest.mark.parametrize("ends", ["aligned", "odd"])
-@pytest.mark.parametrize("m,dtype", PIPE_CASES)
-def test_pipe_matches_reference(m, dtype, ends):
-    k, ends_l = 45, PIPE_ENDS[ends]
-    i = m - 1 + (2 if ends == "odd" else 0) + (1 if dtype == torch.float16 else 0)
-    cfg = PIPE_CFGS[i % len(PIPE_CFGS)]
-    x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=20 + m, bias=m % 2 == 1)
-    y = sparse_gemv(x, w_t, thr, ends_l, b, config={**cfg, "num_warps": 4})
-    check(y, reference(x, w_t, thr, ends_l, b), x, k)
-
-
-@pytest.mark.parametrize("cfg", range(len(PIPE_CFGS)))
-def test_pipe_all_and_none_dropped(cfg):
-    k, ends_l = 45, PIPE_ENDS["aligned" if cfg < 2 else "odd"]
-    dtype = torch.bfloat16 if cfg % 2 else torch.float16
-    x, w_t, _, b = _make(3, k, ends_l, dtype, seed=30 + cfg)
-    c = PIPE_CFGS[cfg]
-    thr = torch.full((len(ends_l), k), float("inf"))
-    assert torch.equal(sparse_gemv(x, w_t, thr, ends_l, b, config=c), b.expand(3, -1))
-    thr = torch.full((len(ends_l), k), -1.0)
-    dense = x.double() @ w_t.double() + b.double()
-    check(sparse_gemv(x, w_t, thr, ends_l, b, config=c), dense, x, k)
-
-
-def test_pipe_dropped_rows_never_read_and_own_masks():
-    # NaN weights in rows that every row of x drops (per segment) must never be loaded, and
-    # each row multiplies only its own kept channels (row 0 keeps even channels, row 1 odd)
-    k, ends = 45, [16, 48]
-    g = _gen(9)
-    x = (torch.rand(2, k, generator=g) + 0.5).to(torch.bfloat16)
-    x[0, 1::2] = 0.1
-    x[1, 0::2] = -0.1
-    x[:, 5:12] = 0.05  # dropped by both rows
-    w_t = torch.randn(k, 48, generator=g).to(torch.bfloat16)
-    thr = torch.full((2, k), 0.2)
-    w_poisoned = w_t.clone()
-    w_poisoned[5:12] = float("nan")
-    for cfg in (PIPE_CFGS[0], PIPE_CFGS[3]):
-        y = sparse_gemv(x, w_poisoned, thr, ends, config=cfg)
-        assert torch.isfinite(y).all()
-        check(y, reference(x, w_t, thr, ends, None), x, k)
-
-
-def test_pipe_bad_value_and_experimental_space(monkeypatch):
-    x, w_t, thr, ends, b = _ok()
-    with pytest.raises(ValueError, match="PIPE must be 0 or 1"):
-        sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "PIPE": 2})
-    default = ac._all_configs(False, False)
-    assert not any(c.kwargs.get("PIPE", 0) for c in default)  # the measured space, unchanged
-    assert all("PIPE" not in c.kwargs for c in default)
-    monkeypatch.setenv("WAS_KERNEL_EXPERIMENTAL", "1")
-    assert ac.experimental_enabled()
-    space = ac.get_autotune_configs(interpret=False)
-    pipe = [c for c in space if c.kwargs.get("PIPE", 0)]
-    assert pipe and all(not c.kwargs["USE_DOT"] for c in pipe)
-    assert {getattr(c, "maxnreg", None) for c in pipe} == {None, 128}
-    assert len(space) == len(default) + len(pipe)
-    kept = ac._prune_cached(tuple(space), (14336, 28672), 4096, 1, 3, 2, 132)
-    assert {c.kwargs.get("PIPE", 0) for c in kept} == {0, 1}
-    assert len(kept) <= 2 * ac.MAX_CANDIDATES
-    monkeypatch.delenv("WAS_KERNEL_EXPERIMENTAL")
-    assert ac.get_autotune_configs(interpret=False) == list(default)
+# Segment ends: multiples of 16 (fp16/bf16 weights loaded as int32 column pairs by the wide
+# path) and odd ones (element loads).
+SEG_ENDS = {"aligned": [16, 48], "odd": [9, 26, 37]}
 
 
 # ---------------------------------------------------------------- WIDE = 1 path (fma_wide.py)
@@ -388,7 +311,7 @@ WIDE_CASES = [
 @pytest.mark.parametrize("ends", ["aligned", "odd"])
 @pytest.mark.parametrize("m,dtype", WIDE_CASES)
 def test_wide_matches_reference(m, dtype, ends):
-    k, ends_l = 45, PIPE_ENDS[ends]
+    k, ends_l = 45, SEG_ENDS[ends]
     i = m + (2 if ends == "odd" else 0) + (1 if dtype == torch.bfloat16 else 0)
     cfg = WIDE_CFGS[i % len(WIDE_CFGS)]
     x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=40 + m, bias=m % 2 == 0)
@@ -398,7 +321,7 @@ def test_wide_matches_reference(m, dtype, ends):
 
 @pytest.mark.parametrize("cfg", range(len(WIDE_CFGS)))
 def test_wide_all_and_none_dropped(cfg):
-    k, ends_l = 45, PIPE_ENDS["odd" if cfg % 2 else "aligned"]
+    k, ends_l = 45, SEG_ENDS["odd" if cfg % 2 else "aligned"]
     dtype = torch.float16 if cfg % 2 else torch.bfloat16
     x, w_t, _, b = _make(4, k, ends_l, dtype, seed=50 + cfg)
     c = WIDE_CFGS[cfg]

@@ -38,18 +38,7 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
   held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
 
-* PIPE (experimental, off by default): 1 = the FMA path unrolled by two with ping-pong weight
-  buffers carried as packed int32 and the rows (x, thresholds, keep mask) loaded one loop
-  iteration ahead of their weight tiles (``_fma_tile_pipe``; see benchmarks/kernel_notes.md,
-  section 6). Its configs join the space ONLY when the environment variable
-  ``WAS_KERNEL_EXPERIMENTAL=1`` is set when the kernel module is imported: each masked and
-  compacting FMA config then also comes as PIPE = 1, with and without ``maxnreg = 128``
-  (ptxas otherwise takes 150-185 registers: 2-3 CTAs per SM instead of 4), and the pruner
-  keeps up to twice ``MAX_CANDIDATES`` per key. Unset (the default), the space, the pruning
-  and hence the tuned kernels are exactly those measured in benchmarks/results/kernels.json.
-  A config without a PIPE key means PIPE = 0.
-
-The full list has 132 entries (without the experimental ones); ``prune_configs`` keeps at
+The full list has 144 entries; ``prune_configs`` keeps at
 most ``MAX_CANDIDATES`` per tuning key, round robin over the masked, compacting and wide
 variants, most promising tiles first, so first-call tuning of one key costs <= 12 compiles
 (cached across keys and processes) + 12 short benchmarks. The ranking counts warps, not CTAs:
@@ -110,9 +99,9 @@ _CHUNKS_K = (256, 512, 1024, 2048)
 # WIDE = 1 tiles (BLOCK_N, BLOCK_K, num_warps) and chunks: see the module docstring
 _WIDE_TILES = (
     (256, 16, 1),
+    (256, 32, 1),
     (512, 16, 2),
     (256, 8, 1),
-    (256, 32, 1),
 )
 _WIDE_CHUNKS_K = (64, 128, 256)
 _FMA_STAGES = (1,)
@@ -160,13 +149,7 @@ def num_k_splits(k: int, config_kwargs: dict) -> int:
     return max(1, -(-k // chunk))
 
 
-def experimental_enabled() -> bool:
-    """True when ``WAS_KERNEL_EXPERIMENTAL=1``: the autotune space also holds the experimental
-    PIPE = 1 configs (read when the kernel module is imported)."""
-    return os.environ.get("WAS_KERNEL_EXPERIMENTAL", "0").strip().lower() in ("1", "true", "on")
-
-
-def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, pipe=0, maxnreg=None, wide=0):
+def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, wide=0):
     kw = {
         "BLOCK_N": block_n,
         "BLOCK_K": block_k,
@@ -174,49 +157,27 @@ def _make(block_n, block_k, chunk, use_dot, compact, warps, stages, pipe=0, maxn
         "USE_DOT": use_dot,
         "COMPACT": compact,
     }
-    if pipe:  # only experimental configs carry the key (a missing PIPE means 0)
-        kw["PIPE"] = pipe
-    if wide:  # likewise WIDE (a missing WIDE means 0)
+    if wide:  # only wide configs carry the key (a missing WIDE means 0)
         kw["WIDE"] = wide
-    if maxnreg:
-        return triton.Config(kw, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
     return triton.Config(kw, num_warps=warps, num_stages=stages)
 
 
-# maxnreg of the experimental PIPE = 1 configs (None: what ptxas picks)
-_PIPE_MAXNREG = (None, 128)
-
-
-def pipe_variants(kw: dict, warps: int, stages: int) -> list:
-    """The experimental PIPE = 1 configs of one FMA-path tile (kwargs as in a config)."""
-    chunk = kw["BLOCK_K"] * kw["K_ITERS"]
-    return [
-        _make(kw["BLOCK_N"], kw["BLOCK_K"], chunk, 0, kw.get("COMPACT", 0), warps, stages, 1, r)
-        for r in _PIPE_MAXNREG
-    ]
-
-
 @functools.lru_cache(maxsize=4)
-def _all_configs(interpret: bool, experimental: bool = False) -> tuple:
+def _all_configs(interpret: bool) -> tuple:
     if interpret:
         # One small config under TRITON_INTERPRET=1 (autotuning would time every config on the
         # CPU): small enough that odd test shapes span several column tiles and K splits.
         return (_make(32, 32, 64, 0, 0, 4, 1),)
     out = []
-    for block_n, block_k, warps in _WIDE_TILES:
-        for chunk in _WIDE_CHUNKS_K:
-            out.append(_make(block_n, block_k, chunk, 0, 0, warps, 1, wide=1))
+    for compact in (0, 1):
+        for block_n, block_k, warps in _WIDE_TILES:
+            for chunk in _WIDE_CHUNKS_K:
+                out.append(_make(block_n, block_k, chunk, 0, compact, warps, 1, wide=1))
     for compact in (0, 1):
         for block_n, block_k, warps in _FMA_TILES:
             for chunk in _CHUNKS_K:
                 for stages in _FMA_STAGES:
                     out.append(_make(block_n, block_k, chunk, 0, compact, warps, stages))
-        if experimental:
-            for block_n, block_k, warps in _FMA_TILES:
-                for chunk in _CHUNKS_K:
-                    for stages in _FMA_STAGES:
-                        base = _make(block_n, block_k, chunk, 0, compact, warps, stages)
-                        out += pipe_variants(base.kwargs, warps, stages)
         for block_n, block_k, warps in _DOT_TILES:
             for chunk in _CHUNKS_K:
                 for stages in _DOT_STAGES:
@@ -227,7 +188,7 @@ def _all_configs(interpret: bool, experimental: bool = False) -> tuple:
 def get_autotune_configs(interpret: bool | None = None) -> list:
     """The autotune config list (a single small config under the Triton interpreter)."""
     interpret = interpret_mode() if interpret is None else interpret
-    return list(_all_configs(interpret, experimental_enabled()))
+    return list(_all_configs(interpret))
 
 
 @functools.lru_cache(maxsize=1)
@@ -250,8 +211,9 @@ def _fits_registers(kw: dict, warps: int, block_m: int) -> bool:
     union mask of the chunk is built from M rows x CHUNK entries of x held in registers."""
     threads = 32 * warps
     if kw.get("WIDE", 0):  # [BLOCK_N] accumulators; x of BLOCK_K rows (and the next step's)
-        return block_m <= 4 and block_m * kw["BLOCK_K"] <= 32
-    if not kw["USE_DOT"] and block_m * kw["BLOCK_K"] * kw["BLOCK_N"] > 64 * threads:
+        if block_m > 4 or block_m * kw["BLOCK_K"] > 32:
+            return False
+    elif not kw["USE_DOT"] and block_m * kw["BLOCK_K"] * kw["BLOCK_N"] > 64 * threads:
         return False
     if kw.get("COMPACT", 0) and block_m * kw["BLOCK_K"] * kw["K_ITERS"] > 32 * threads:
         return False
@@ -284,6 +246,8 @@ def _prune_cached(
         compact = kw.get("COMPACT", 0)
         if (mb >= 8 and not use_dot) or (mb == 1 and use_dot):
             continue
+        if mb <= 2 and not use_dot and not kw.get("WIDE", 0):  # the wide tiles won every
+            continue  # M = 1, 2 shape on the H100 (tile_probe*.json)
         if compact and sb in (1, 2):  # < 50% dropped: masked rows cost little, skip the scan
             continue
         if not _fits_registers(kw, cfg.num_warps, mb):
@@ -300,31 +264,29 @@ def _prune_cached(
             continue
         warps = column_tiles(segment_ends, kw["BLOCK_N"]) * splits * cfg.num_warps
         outside = 0 if lo <= warps <= hi else 1
-        variant = 2 if kw.get("WIDE", 0) else compact
+        # variants that take turns among the candidates: (compacting, wide)
+        variant = (compact, kw.get("WIDE", 0))
         tile = (kw["BLOCK_N"], kw["BLOCK_K"], use_dot, variant, cfg.num_warps, cfg.num_stages)
-        if kw.get("PIPE", 0):  # experimental: its own tile in the round robin
-            tile += (kw["PIPE"], getattr(cfg, "maxnreg", None))
         scored.append((outside, abs(math.log2(warps / target)), len(scored), tile, cfg))
     if not scored:  # nothing fits the rules: keep the smallest tile
         return (min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
     scored.sort(key=lambda t: t[:3])
     # Round robin over tiles: every tile's best split-K first, then every tile's second best,
     # so the candidates differ in tile shape and in split-K rather than repeating one of them.
-    # The masked, compacting and wide variants alternate, so each is timed.
+    # The variants (masked / compacting, default / wide FMA tiles) alternate, so each is timed.
     rank_in_tile: dict = {}
-    by_variant: dict = {0: [], 1: [], 2: []}
+    by_variant: dict = {}
     for entry in scored:
         r = rank_in_tile.get(entry[3], 0)
         rank_in_tile[entry[3]] = r + 1
-        by_variant[entry[3][3]].append((entry[0], r, entry[1], entry[2], entry[4]))
+        by_variant.setdefault(entry[3][3], []).append((entry[0], r, entry[1], entry[2], entry[4]))
     for lst in by_variant.values():
         lst.sort(key=lambda t: t[:4])
     merged = []
     for i in range(max(len(v) for v in by_variant.values())):
         merged += [v[i] for v in by_variant.values() if i < len(v)]
     merged.sort(key=lambda t: t[0])  # stable: in-range CTA counts first
-    cap = MAX_CANDIDATES * (2 if any(c.kwargs.get("PIPE", 0) for c in configs) else 1)
-    return tuple(t[4] for t in merged[:cap])
+    return tuple(t[4] for t in merged[:MAX_CANDIDATES])
 
 
 def _segment_ends_from_args(args: dict) -> tuple:
@@ -359,7 +321,7 @@ def prune_configs(configs, named_args, **kwargs):
 
 def candidate_configs(segment_ends: tuple, k: int, mb: int, sb: int, elem_size: int) -> list:
     """The configs the autotuner will consider for this shape (same rules as the pruner)."""
-    configs = _all_configs(interpret_mode(), experimental_enabled())
+    configs = _all_configs(interpret_mode())
     if len(configs) <= 1:
         return list(configs)
     ends = tuple(segment_ends)

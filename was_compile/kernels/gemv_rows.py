@@ -1,10 +1,10 @@
-"""Per-step row work shared by the sparse GEMV's FMA paths (default and ``PIPE = 1``).
+"""Per-step row work shared by the sparse GEMV's FMA paths (default and wide tiles).
 
 One step of the K loop handles BLOCK_K input channels: which channels (contiguous, or the next
 entries of a CTA's kept-channel list), their thresholds and x of up to 4 rows, and the keep
 masks (|x| > tau compared in fp32; x of dropped entries zeroed; the union over rows decides
-which weight rows are read). Split into load and keep so a pipelined loop can carry the raw
-loads across its back-edge and compare later.
+which weight rows are read). Split into load and keep so a loop can request the next step's
+rows before it consumes the current weight tile.
 """
 
 import triton
@@ -29,8 +29,7 @@ def step_channels(list_ptr, count, K, k_start, j, CHUNK: tl.constexpr, COMPACT: 
 @triton.jit
 def load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M: tl.constexpr):
     """Thresholds and x of up to 4 rows at channels offs_k, as loaded (rows >= M and
-    missing channels: x = 0, threshold = inf). Nothing is converted here, so a pipelined
-    loop can carry the loads in flight across its back-edge."""
+    missing channels: x = 0, threshold = inf). Nothing is converted here."""
     zk = tl.zeros_like(offs_k)  # a tensor compare (the interpreter rejects scalar masks)
     thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
     r0 = tl.load(x_ptr + offs_k, mask=ok, other=0.0)

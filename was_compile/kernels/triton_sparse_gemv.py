@@ -28,23 +28,17 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
   weight tile's own layout, reduced over K once after the loop. M >= 5 (and M in {2, 4} where
   the tuner prefers it): ``tl.dot`` with x padded to 16 rows (mma, fp32 accumulation; fp32
   inputs use ``input_precision="ieee"``, not TF32).
-* PIPE = 1 (experimental, off unless asked for: explicit config or WAS_KERNEL_EXPERIMENTAL=1):
-  the FMA path unrolled by two with ping-pong weight buffers (packed int32 for fp16/bf16)
-  and the rows loaded one iteration ahead of their tiles; see ``_fma_tile_pipe`` and
-  benchmarks/kernel_notes.md, section 6.
-* Reduction across K splits: every CTA writes its fp32 partial [M, BLOCK_N] into an fp32
-  workspace [splits, M, N] and a second tiny kernel sums the splits, adds the bias and casts
-  to x's dtype. Chosen over atomics because (1) no fp16/bf16 atomics (precision; bf16 atomics
-  are missing on several targets and in the interpreter), (2) fp32 atomics would need a zeroed
-  buffer (an extra memset launch) and ``reset_to_zero`` during autotuning, and a cast kernel
-  anyway, (3) the result is bitwise reproducible run to run (fixed summation order). The
-  partials are <= ~10% of the weight bytes (the pruner enforces it) and mostly stay in L2.
-  The number of splits depends on the autotuned config, which the host does not know when it
-  launches the reduction: the GEMV kernel writes it to a one-int device buffer that the
-  reduction reads, and the workspace is sized for the largest split count among the configs
-  the tuner may pick for this shape. Only torch.empty is used (no memset, no host sync, no
-  data-dependent shapes): the launcher is CUDA-graph capturable once the shape is tuned
-  (run one call before capture; autotuning itself cannot run inside a capture).
+* WIDE = 1 (``fma_wide.py``, M <= 4): tiles of BLOCK_N = 256 columns per warp where every
+  lane holds all BLOCK_K rows of its 8 columns, K summed in-thread, small CTAs, short chunks;
+  COMPACT there runs as many steps as there are kept channels. The fastest path at M <= 2.
+* Reduction across K splits (``splitk.py``): every CTA writes its fp32 partial [M, BLOCK_N]
+  into an fp32 workspace [splits, M, N] and a second small kernel sums the splits in a fixed
+  order, adds the bias and casts to x's dtype (no fp16/bf16 atomics; bitwise reproducible run
+  to run). The partials are <= ~10% of the weight bytes (the pruner enforces it) and mostly
+  stay in L2. The workspace is sized for the largest split count among the configs the tuner
+  may pick for this shape. Only torch.empty is used (no memset, no host sync, no
+  data-dependent shapes): the launcher is CUDA-graph capturable once the shape is tuned (run
+  one call before capture; autotuning itself cannot run inside a capture).
 * Interpreter (TRITON_INTERPRET=1) workarounds, compiled out on the GPU: its ``tl.dot`` treats
   bf16 as integers (operands are upcast to fp32 there) and its fp32 -> bf16 cast truncates
   (rounded to nearest even by hand there).
@@ -73,9 +67,9 @@ from .autotune_configs import (
     num_k_splits,
     sparsity_bucket,
 )
-from .fma_pipelined import _fma_tile_pipe
 from .fma_wide import _fma_tile_wide
 from .gemv_rows import keep_rows, load_rows, step_channels
+from .splitk import _splitk_reduce_kernel
 
 __all__ = ["sparse_gemv", "last_autotune_config", "SUPPORTED_DTYPES"]
 
@@ -219,10 +213,10 @@ def _sparse_gemv_kernel(
     SPARSITY_BUCKET,
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
-    COMPACT: tl.constexpr, PIPE: tl.constexpr = 0, WIDE: tl.constexpr = 0,
+    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
-    Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N]."""
+    Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N] (summed by splitk.py)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
 
@@ -292,12 +286,7 @@ def _sparse_gemv_kernel(
     elif WIDE:  # wide tiles: many rows per thread, K reduced in-thread (fma_wide.py)
         part = _fma_tile_wide(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
                               k_start, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
-                              COMPACT)  # fmt: skip
-        offs_m = tl.arange(0, M_BUCKET)
-    elif PIPE:  # experimental (WAS_KERNEL_EXPERIMENTAL=1 or an explicit config)
-        part = _fma_tile_pipe(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
-                              k_start, offs_n, n_mask, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K,
-                              K_ITERS, COMPACT, SEG_ALIGNED)  # fmt: skip
+                              COMPACT, SEG_ALIGNED)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
     else:
         part = _fma_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
@@ -309,34 +298,6 @@ def _sparse_gemv_kernel(
     tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
     # the reduction kernel learns the split count of the config that actually ran
     tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
-
-
-@triton.jit
-def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
-                          HAS_BIAS: tl.constexpr, MAX_SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-                          INTERPRET: tl.constexpr):  # fmt: skip
-    """y[m, n] = cast(sum_s part[s, m, n] + bias[n]); fixed order, fp32."""
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    nsplit = tl.load(nsplit_ptr)
-    s = tl.arange(0, MAX_SPLIT)
-    vals = tl.load(
-        part_ptr + s[:, None] * MN + offs[None, :],
-        mask=(s[:, None] < nsplit) & mask[None, :],
-        other=0.0,
-    )
-    acc = tl.sum(vals, axis=0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    if INTERPRET and y_ptr.dtype.element_ty == tl.bfloat16:
-        # the interpreter truncates fp32 -> bf16; round to nearest even by hand as the GPU does
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        out = acc.to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + offs, out, mask=mask)
 
 
 _sparse_gemv_autotuned = triton.autotune(configs=get_autotune_configs(), **autotune_kwargs())(
@@ -471,8 +432,8 @@ def sparse_gemv(
 
     ``sparsity_hint``: expected fraction of dropped channels (e.g. the schedule's target); it
     only selects the autotuning bucket. ``config``: bypass autotuning with explicit meta
-    parameters {BLOCK_N, BLOCK_K, K_ITERS, USE_DOT, COMPACT (default 0), PIPE (default 0;
-    1 = the experimental pipelined FMA path for M <= 4, see ``_fma_tile_pipe``), num_warps,
+    parameters {BLOCK_N, BLOCK_K, K_ITERS, USE_DOT, COMPACT (default 0), WIDE (default 0;
+    1 = the wide FMA tiles for M <= 4, see ``fma_wide``), num_warps,
     num_stages, maxnreg (optional register cap)} (tests, tuning). With the environment
     variable ``WAS_AUTOTUNE=0`` the pruner's first-ranked config runs untimed (quick checks;
     slower kernels).
@@ -499,17 +460,12 @@ def sparse_gemv(
             _fail("config: the dot path (USE_DOT or M > 4) needs BLOCK_K >= 16")
         meta = {key: int(config[key]) for key in required}
         meta["COMPACT"] = int(config.get("COMPACT", 0))
-        pipe = int(config.get("PIPE", 0))
-        if pipe not in (0, 1):
-            _fail(f"config: PIPE must be 0 or 1, got {pipe}")
-        if pipe:  # passed only when set: PIPE = 0 launches exactly the default kernel
-            meta["PIPE"] = pipe
         wide = int(config.get("WIDE", 0))
         if wide not in (0, 1):
             _fail(f"config: WIDE must be 0 or 1, got {wide}")
-        if wide:  # passed only when set, as PIPE
-            if meta["USE_DOT"] or mb > 4 or pipe:
-                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0, PIPE = 0 and M <= 4")
+        if wide:  # passed only when set: a config without WIDE launches the other paths
+            if meta["USE_DOT"] or mb > 4:
+                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
             meta["WIDE"] = wide
         pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
         if meta["COMPACT"]:
