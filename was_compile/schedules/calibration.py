@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..sites import Site, find_sites
 from .masking import masked_inputs
+from .postnorm import detect_output_gains, weighted_column_norms
 from .schedule_file import thresholds_from_scalar
 
 LOG10_LO, LOG10_HI = -12.0, 6.0
@@ -27,14 +28,12 @@ N_BINS = 18_000  # 0.001 decades a bin: 0.23% relative resolution on a threshold
 SCORES = ("was", "mag")
 
 
-def column_norms(weight_out_in: torch.Tensor, norm: str = "l1") -> torch.Tensor:
-    """Norm of each input column of W [out, in] in float32: shape [in]."""
-    w = weight_out_in.detach().float()
-    if norm == "l1":
-        return w.abs().sum(dim=0)
-    if norm == "l2":
-        return w.pow(2).sum(dim=0).sqrt()
-    raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+def column_norms(
+    weight_out_in: torch.Tensor, norm: str = "l1", gain: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Norm of each input column of W [out, in] (rows scaled by ``gain`` [out], the output
+    norm's gain, if given) in float32: shape [in]."""
+    return weighted_column_norms(weight_out_in, norm, gain)
 
 
 class LogHistogram:
@@ -93,6 +92,7 @@ class Calibration:
     histograms: dict[tuple[str, str], LogHistogram]
     norm: str = "l1"
     data: dict = field(default_factory=dict)
+    gains: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> output gain [out]
 
     def score_threshold(self, name: str, sparsity: float, score: str = "was") -> float:
         """Scalar t whose score quantile is ``sparsity`` for site ``name``."""
@@ -120,6 +120,7 @@ class Calibration:
                 "hist": {f"{n}|{k}": h.counts.cpu() for (n, k), h in self.histograms.items()},
                 "norm": self.norm,
                 "data": self.data,
+                "gains": self.gains,
             },
             str(path),
         )
@@ -132,7 +133,7 @@ class Calibration:
             name, score = key.rsplit("|", 1)
             hists[(name, score)] = LogHistogram(counts=counts)
         return cls([Site(**s) for s in doc["sites"]], doc["norms"], hists, doc["norm"],
-                   doc["data"])  # fmt: skip
+                   doc["data"], doc.get("gains", {}))  # fmt: skip
 
 
 def _as_kwargs(batch: object) -> dict:
@@ -151,6 +152,7 @@ def calibrate(
     source: str = "user batches",
     progress: bool = True,
     under_thresholds: dict[str, torch.Tensor] | None = None,
+    output_gains: bool | dict[str, torch.Tensor] = True,
 ) -> Calibration:
     """Run ``model`` eagerly on ``batches`` and record every site's score histograms.
 
@@ -159,10 +161,20 @@ def calibrate(
     ``under_thresholds``: run the model sparsified with these thresholds while recording (each
     site still records its input before its own mask), so statistics include the shift that
     upstream sparsity causes; see :func:`~was_compile.schedules.refine.refine_schedule`.
+    ``output_gains``: fold the gain of a normalisation applied to a site's output into its
+    column norms (:mod:`~was_compile.schedules.postnorm`; True: detect them on the first
+    batch, a dict: these gains [out_features] by site name, False: none).
     """
     sites = sites or find_sites(model)
+    batches = list(batches)
     device = next(model.parameters()).device
-    norms = {s.name: column_norms(s.weight(model), norm).to(device) for s in sites}
+    if output_gains is True:
+        ids = _as_kwargs(batches[0])["input_ids"] if batches else None
+        gains = detect_output_gains(model, sites, ids[:1, :16]) if ids is not None else {}
+    else:
+        gains = dict(output_gains or {})
+    norms = {s.name: column_norms(s.weight(model), norm, gains.get(s.name)).to(device)
+             for s in sites}  # fmt: skip
     hists = {(s.name, k): LogHistogram(device) for s in sites for k in SCORES}
     tokens = 0
 
@@ -190,4 +202,5 @@ def calibrate(
         for h in handles:
             h.remove()
     norms = {n: v.cpu() for n, v in norms.items()}
-    return Calibration(sites, norms, hists, norm, {"source": source, "tokens": tokens})
+    data = {"source": source, "tokens": tokens, "output_gains": sorted(gains)}
+    return Calibration(sites, norms, hists, norm, data, gains)

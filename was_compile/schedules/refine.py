@@ -32,6 +32,7 @@ from ..sites import Site
 from .calibration import Calibration, LogHistogram, _as_kwargs, calibrate, column_norms
 from .greedy import _detached, _first_tensor, block_module_names, sites_by_block
 from .masking import masked_inputs
+from .postnorm import detect_output_gains
 from .schedule_file import Schedule, thresholds_from_scalar
 
 MODES = ("sequential", "iterative")
@@ -60,6 +61,22 @@ def refine_schedule(
     return _iterative(model, schedule, batches, iterations, progress)
 
 
+def _output_gains(model: nn.Module, schedule: Schedule, batches: list) -> dict[str, torch.Tensor]:
+    """The output-norm gains the schedule's calibration folded into its column norms
+    (detected again on the model: the schedule names the sites, not the gains)."""
+    named = schedule.meta.get("calibration", {}).get("output_gains") or []
+    if not named or not batches:
+        return {}
+    gains = detect_output_gains(
+        model, list(schedule.sites), _as_kwargs(batches[0])["input_ids"][:1, :16]
+    )
+    if sorted(gains) != sorted(named):
+        raise RuntimeError(
+            f"output norms found now ({sorted(gains)}) differ from the calibration's ({named})"
+        )
+    return gains
+
+
 def _iterative(
     model: nn.Module, schedule: Schedule, batches: list, iterations: int, progress: bool
 ) -> Schedule:
@@ -70,6 +87,7 @@ def _iterative(
         cal: Calibration = calibrate(
             model, batches, sites=list(schedule.sites), norm=norm, progress=progress,
             source="refinement", under_thresholds=current.thresholds,
+            output_gains=_output_gains(model, schedule, batches),
         )  # fmt: skip
         thresholds = {
             s.name: cal.channel_thresholds(s.name, schedule.sparsity.get(s.name, 0.0), score)
@@ -155,6 +173,7 @@ def _sequential(model: nn.Module, schedule: Schedule, batches: list) -> Schedule
     was_training = model.training
     model.eval()
     try:
+        gains = _output_gains(model, schedule, list(batches))
         calls = _capture_blocks(model, names, list(batches))
         if calls is None:
             return None
@@ -168,7 +187,7 @@ def _sequential(model: nn.Module, schedule: Schedule, batches: list) -> Schedule
                     thresholds[s.name] = schedule.thresholds[s.name]
             while todo:
                 done = _stage(model, block, calls[b], x_in, todo, thresholds, schedule, score,
-                              norm)  # fmt: skip
+                              norm, gains)  # fmt: skip
                 todo = [s for s in todo if s.name not in done]
             x_out = []
             with torch.no_grad(), masked_inputs(model, {s.name: thresholds[s.name]
@@ -194,11 +213,12 @@ def _stage(
     schedule: Schedule,
     score: str,
     norm: str,
+    gains: dict[str, torch.Tensor],
 ) -> set[str]:
     """One pass of ``block`` with the sites already done masked; returns the sites whose
     thresholds this pass fixed: the first of ``todo`` to run and those sharing its input."""
     names = {s.name for s in todo}
-    norms = {s.name: column_norms(s.weight(model), norm) for s in todo}
+    norms = {s.name: column_norms(s.weight(model), norm, gains.get(s.name)) for s in todo}
     hists = {s.name: LogHistogram() for s in todo}
     seen: list[tuple[str, torch.Tensor]] = []  # (site, its input) in execution order, 1st call
     first = [True]
