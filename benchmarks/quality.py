@@ -92,7 +92,17 @@ def parse_args(argv=None):
     )
     p.add_argument("--objective", default="ppl", choices=["ppl", "kl"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--delta", type=float, default=0.05, help="TPE: blocks within +-delta")
+    p.add_argument("--delta", type=float, default=0.05, help="TPE: per-block offsets +-delta")
+    p.add_argument(
+        "--allocation",
+        default="sensitivity",
+        choices=["sensitivity", "uniform"],
+        help="TPE: search along measured block sensitivities (search text), or the monotone "
+        "band around the budget",
+    )
+    p.add_argument(
+        "--spread", type=float, default=0.2, help="TPE (sensitivity): blocks within +-spread"
+    )
     p.add_argument("--calib-windows", type=int, default=16)
     p.add_argument("--search-windows", type=int, default=4)
     p.add_argument("--eval-windows", type=int, default=8)
@@ -478,6 +488,7 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
     sites = list(cal.sites)
     calib_s = time.time() - t
     fp = sites_fingerprint(sites)
+    og = "-og" if cal.gains else ""  # output-norm gains folded into the column norms
     dense_ppl, _, _ = evaluate(model, windows["eval"], None, args.batch, sites)
     log(
         f"calibration {calib_s:.0f} s on {data['calib']['tokens']} tokens; "
@@ -490,6 +501,7 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
         "source": name,
         "dense_ppl": dense_ppl,
         "n_sites": len(sites),
+        "output_gains": sorted(cal.gains),
         "site_weight_elements": sum(s.numel for s in sites),
         "fingerprint": fp,
         "data": data,
@@ -501,6 +513,8 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
             "objective": args.objective,
             "seed": args.seed,
             "delta": args.delta,
+            "allocation": args.allocation,
+            "spread": args.spread,
             "greedy_tokens": args.greedy_tokens,
             "greedy_step": args.greedy_step,
             "greedy_max": args.greedy_max,
@@ -523,7 +537,7 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
             f"greedy-{key}-{fp}-{score}-c{args.calib_windows}x{args.seq_len}"
             f"-t{args.greedy_tokens}-b{args.greedy_step}-m{args.greedy_max}"
             f"-s{args.greedy_max_step}-f{args.greedy_error_fraction}"
-            f"-{'lazy' if args.greedy_lazy else 'full'}-pt.json"
+            f"-{'lazy' if args.greedy_lazy else 'full'}-pt{og if score == 'was' else ''}.json"
         )
         t = time.time()
         if path.is_file():
@@ -564,6 +578,34 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
         results.add_model(key, info)
         log(f"greedy trajectories ({score}) {how} in {dt:.0f} s")
 
+    sensitivity = None
+    if "was-tpe" in args.methods and args.allocation == "sensitivity":
+        from was_compile.schedules.allocation import DEFAULT_LEVELS, block_sensitivity
+
+        path = args.cache_dir / (
+            f"sensitivity-{key}-{fp}{og}-e{args.search_windows}x{args.seq_len}"
+            f"-l{'_'.join(str(x) for x in DEFAULT_LEVELS)}-{trajs['was'].meta.get('base_step')}"
+            f"-{args.greedy_tokens}-{args.greedy_max}-{args.greedy_max_step}.json"
+        )
+        t = time.time()
+        if path.is_file():
+            sensitivity = {int(k): v for k, v in json.loads(path.read_text()).items()}
+            how = "loaded"
+        else:
+            sensitivity = block_sensitivity(model, cal, trajs["was"], search, DEFAULT_LEVELS)
+            path.write_text(json.dumps(sensitivity))
+            how = "computed"
+        info["sensitivity"] = {
+            "seconds": time.time() - t,
+            how: True,
+            "levels": list(DEFAULT_LEVELS),
+            "text": "search",
+            "nats": [sensitivity[b] for b in sorted(sensitivity)],
+            "cache": str(path),
+        }
+        results.add_model(key, info)
+        log(f"block sensitivities {how} in {time.time() - t:.0f} s")
+
     storage = args.cache_dir / "quality_tpe.sqlite"
     for s in args.sparsities:
         for method in args.methods:
@@ -580,14 +622,18 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
                     objective=args.objective,
                     delta=args.delta,
                     progress=progress,
+                    allocation=args.allocation,
                     study_name=(
                         f"quality-{key}-{fp}-{s:.4f}-{args.objective}-s{args.seed}"
                         f"-d{args.delta}-c{args.calib_windows}x{args.seq_len}"
                         f"-e{args.search_windows}-g{args.greedy_tokens}"
                         f"-{args.greedy_step}-{args.greedy_max}-{args.greedy_max_step}"
-                        f"-{args.greedy_error_fraction}-{int(args.greedy_lazy)}-pt"
+                        f"-{args.greedy_error_fraction}-{int(args.greedy_lazy)}-pt{og}"
+                        + (f"-sens{args.spread}" if args.allocation == "sensitivity" else "")
                     ),
                 )
+                if args.allocation == "sensitivity":
+                    opts.update(sensitivity=sensitivity, spread=args.spread)
             t = time.time()
             schedule = make_schedule(cal, s, method, **opts)
             search_s = time.time() - t
@@ -742,7 +788,9 @@ def main(argv=None) -> int:
             "objective": args.objective,
             "seed": args.seed,
             "delta": args.delta,
-            "monotone": True,
+            "allocation": args.allocation,
+            "spread": args.spread if args.allocation == "sensitivity" else None,
+            "monotone": args.allocation == "uniform",
             "storage": "SQLite under cache dir",
         },
         "greedy": {

@@ -161,8 +161,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                 study_name=args.study_name,
                 seed=args.seed,
                 objective=args.objective,
-                monotone=args.monotone,
+                monotone=args.monotone and args.allocation == "uniform",
                 delta=args.delta,
+                allocation=args.allocation,
             )
     schedule = make_schedule(cal, args.budget, args.method, **options)
     if args.refine:
@@ -356,10 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="ppl", choices=["ppl", "kl"])
     p.add_argument("--delta", type=float, default=0.05, help="block band around the budget")
     p.add_argument(
+        "--allocation",
+        default="sensitivity",
+        choices=["sensitivity", "uniform"],
+        help="TPE along measured block sensitivities (never monotone), or the band around "
+        "the budget",
+    )
+    p.add_argument(
         "--no-monotone",
         dest="monotone",
         action="store_false",
-        help="let block sparsity decrease with depth",
+        help="(--allocation uniform) let block sparsity decrease with depth",
     )
     p.set_defaults(func=cmd_search)
 

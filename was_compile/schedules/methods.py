@@ -7,7 +7,9 @@ Methods (the budget is always the byte-weighted mean sparsity over all sites):
 * ``teal``: magnitude thresholds, greedy allocation among each block's components, every
   block at the budget (TEAL's recipe);
 * ``was-greedy``: the same with weight-aware thresholds;
-* ``was-tpe``: weight-aware, greedy inside blocks, constrained TPE across blocks.
+* ``was-tpe``: weight-aware, greedy inside blocks, constrained TPE across blocks; by default
+  (``allocation="sensitivity"``) the search runs along measured block sensitivities
+  (:mod:`.allocation`), ``allocation="uniform"``: the monotone band around the budget.
 
 Greedy methods need ``model=`` and ``batches=`` (calibration input_ids [B, T]) unless
 ``trajectories=`` (a :class:`GreedyTrajectories` of the right score) is given; ``was-tpe``
@@ -17,6 +19,7 @@ also needs ``eval_batches=`` (held-out input_ids [B, T], not the calibration bat
 from __future__ import annotations
 
 from ..errors import WasError
+from .allocation import DEFAULT_LEVELS, block_sensitivity, sensitivity_direction
 from .calibration import Calibration
 from .greedy import GreedyTrajectories, greedy_trajectories
 from .schedule_file import Schedule, byte_weighted_sparsity
@@ -46,6 +49,9 @@ TPE_OPTIONS = {
     "monotone",
     "delta",
     "n_startup_trials",
+    "allocation",
+    "sensitivity",
+    "spread",
 }
 KNOWN_OPTIONS = {"model", "batches", "eval_batches", "trajectories", "progress"}
 KNOWN_OPTIONS |= GREEDY_OPTIONS | TPE_OPTIONS
@@ -137,6 +143,21 @@ def tpe_schedule(calibration: Calibration, sparsity: float, method: str, options
     if options.get("model") is None:
         raise WasError(f"method {method!r} needs model= to evaluate candidate schedules")
     traj = trajectories_for(calibration, score, method, options)
+    allocation = options.get("allocation", "sensitivity")
+    direction, bounds, sens_meta = None, None, None
+    if allocation == "sensitivity":
+        sens = options.get("sensitivity")
+        if sens is None:
+            sens = block_sensitivity(
+                options["model"], calibration, traj, list(options["eval_batches"])
+            )
+        spread = float(options.get("spread", 0.2))
+        bounds = (max(0.0, sparsity - spread), min(traj.max_sparsity(), sparsity + spread))
+        direction = sensitivity_direction(sens)
+        sens_meta = {"levels": list(DEFAULT_LEVELS), "spread": spread, "bounds": list(bounds),
+                     "direction": [direction[b] for b in sorted(direction)]}  # fmt: skip
+    elif allocation != "uniform":
+        raise ValueError(f"allocation must be 'sensitivity' or 'uniform', got {allocation!r}")
     res = tpe_search(
         options["model"],
         calibration,
@@ -148,10 +169,12 @@ def tpe_schedule(calibration: Calibration, sparsity: float, method: str, options
         study_name=options.get("study_name"),
         seed=options.get("seed", 0),
         objective=options.get("objective", "ppl"),
-        monotone=options.get("monotone", True),
+        monotone=options.get("monotone", direction is None),
         delta=options.get("delta", 0.05),
         n_startup_trials=options.get("n_startup_trials", 10),
         progress=options.get("progress", True),
+        direction=direction,
+        bounds=bounds,
     )
     _check_achieved(calibration, res.sparsity, sparsity)
     meta = {
@@ -167,7 +190,9 @@ def tpe_schedule(calibration: Calibration, sparsity: float, method: str, options
             "objective": res.objective,
             "seed": options.get("seed", 0),
             "delta": options.get("delta", 0.05),
-            "monotone": options.get("monotone", True),
+            "monotone": options.get("monotone", direction is None),
+            "allocation": allocation,
+            "sensitivity": sens_meta,
             "block_sparsity": [res.block_sparsity[b] for b in sorted(res.block_sparsity)],
         },
     }
@@ -185,7 +210,10 @@ def make_schedule(
     ``lazy``);
     ``was-tpe`` (also ``eval_batches=``; ``trials=50``, ``storage=`` (SQLite path or
     RDB URL, default ``./was_tpe.db``), ``study_name=``, ``seed=0``, ``objective="ppl"`` or
-    ``"kl"``, ``monotone=True``, ``delta=0.05``). ``progress=False`` hides progress bars.
+    ``"kl"``, ``delta=0.05``, ``allocation="sensitivity"`` (``sensitivity=`` block -> costs
+    from :func:`~.allocation.block_sensitivity` to reuse them, ``spread=0.2``: blocks within
+    +-spread of the budget; ``monotone=False``) or ``"uniform"`` (``monotone=True``)).
+    ``progress=False`` hides progress bars.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity is a fraction in [0, 1), got {sparsity}")

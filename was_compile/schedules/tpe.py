@@ -6,7 +6,11 @@ non-decreasing with depth when ``monotone``), then projects them onto the budget
 bisection, then made exact on the unclipped blocks). Every evaluated schedule therefore
 skips exactly the budget's share of weight bytes: there is no penalty and no rejection.
 Each block's sparsity becomes per-site sparsities through the block's greedy trajectory
-(:mod:`~was_compile.schedules.greedy`).
+(:mod:`~was_compile.schedules.greedy`). Given a ``direction`` (measured block sensitivities,
+:mod:`~was_compile.schedules.allocation`), a trial is instead ``budget + alpha * z_b + u_b``
+with ``alpha`` and small per-block offsets ``u_b`` sampled, in any order, within wider
+``bounds``: about 20 trials over ~30 independent block values is close to random search,
+while one ``alpha`` along a measured direction is a search the trials can cover.
 
 The objective runs on held-out batches, every token sparsified (eager masking): perplexity
 (``"ppl"``) or the mean KL divergence per token from the dense model's next-token
@@ -40,6 +44,7 @@ from .schedule_file import byte_weighted_sparsity
 
 OBJECTIVES = ("ppl", "kl")
 TOLERANCE = 1e-6
+ALPHA_STARTS = (0.0, 0.025, 0.05)  # first trials of a search along a direction
 
 
 def project_to_budget(
@@ -200,6 +205,10 @@ def tpe_search(
     delta: float = 0.05,
     n_startup_trials: int = 10,
     progress: bool = True,
+    direction: dict[int, float] | None = None,
+    bounds: tuple[float, float] | None = None,
+    alpha_max: float = 0.1,
+    alpha_starts: tuple[float, ...] = ALPHA_STARTS,
 ) -> TpeResult:
     """Search per-block sparsities with byte-weighted mean ``budget`` (a fraction).
 
@@ -207,12 +216,29 @@ def tpe_search(
     run the missing ones; concurrent workers may overshoot by one trial each). The first
     trial is the uniform allocation. The sampler is re-seeded from ``seed`` and the
     study's trial count before each trial, so a single-worker search is reproducible.
+
+    ``direction`` (block -> z_b, e.g.
+    :func:`~was_compile.schedules.allocation.sensitivity_direction`): a trial samples
+    ``alpha`` in ``[0, alpha_max]`` and per-block offsets ``u_b`` in ``[-delta, delta]``; block
+    b gets ``budget + alpha * z_b + u_b`` (in any order: ``monotone`` must be False),
+    projected onto the budget within ``bounds`` (default ``[budget - delta, budget +
+    delta]``). The first trials are ``alpha`` = each of ``alpha_starts`` with no offsets
+    (``alpha`` = 0: uniform).
     """
     blocks = sorted(trajectories.blocks)
     weights = [float(trajectories.blocks[b].total_numel) for b in blocks]
-    lo, hi = max(0.0, budget - delta), min(trajectories.max_sparsity(), budget + delta)
+    lo, hi = bounds if bounds is not None else (budget - delta, budget + delta)
+    lo, hi = max(0.0, lo), min(trajectories.max_sparsity(), hi)
     if not lo <= budget <= hi or delta <= 0:
         raise ValueError(f"budget {budget} with delta {delta} is outside [0, {hi}]")
+    if direction is not None:
+        if monotone:
+            raise ValueError("a search along a direction is not monotone: pass monotone=False")
+        if sorted(direction) != blocks:
+            raise ValueError(f"direction names blocks {sorted(direction)}, not {blocks}")
+        z = [float(direction[b]) for b in blocks]
+        if any(not 0.0 <= a <= alpha_max for a in alpha_starts) or alpha_max <= 0:
+            raise ValueError(f"alpha_starts {alpha_starts} must lie in [0, {alpha_max}]")
     url = resolve_storage(storage)
     study_name = study_name or default_study_name(calibration, budget, objective)
     settings = {
@@ -224,6 +250,11 @@ def tpe_search(
         "fingerprint": sites_fingerprint(calibration.sites),
         "blocks": len(blocks),
     }
+    if direction is not None:
+        settings["direction"] = [round(x, 9) for x in z]
+        settings["bounds"] = [lo, hi]
+        settings["alpha_max"] = alpha_max
+        settings["alpha_starts"] = list(alpha_starts)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name,
@@ -243,7 +274,12 @@ def tpe_search(
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def run_trial(trial: optuna.Trial) -> float:
-        raw = [trial.suggest_float(f"b{b}", budget - delta, budget + delta) for b in blocks]
+        if direction is not None:
+            alpha = trial.suggest_float("alpha", 0.0, alpha_max)
+            raw = [budget + alpha * zb + trial.suggest_float(f"u{b}", -delta, delta)
+                   for b, zb in zip(blocks, z)]  # fmt: skip
+        else:
+            raw = [trial.suggest_float(f"b{b}", budget - delta, budget + delta) for b in blocks]
         if monotone:
             raw = sorted(raw)
         per_block = project_to_budget(raw, weights, budget, lo, hi)
@@ -262,7 +298,11 @@ def tpe_search(
         return evaluate(thresholds)
 
     if not study.get_trials(deepcopy=False):
-        study.enqueue_trial({f"b{b}": budget for b in blocks}, skip_if_exists=True)
+        if direction is not None:
+            for a in alpha_starts:
+                study.enqueue_trial({"alpha": a, **{f"u{b}": 0.0 for b in blocks}})
+        else:
+            study.enqueue_trial({f"b{b}": budget for b in blocks}, skip_if_exists=True)
     done = _n_complete(study)
     bar = tqdm(total=n_trials, initial=min(done, n_trials), desc="TPE", disable=not progress)
     try:
