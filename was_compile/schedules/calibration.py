@@ -50,7 +50,8 @@ class LogHistogram:
         logv = torch.log10(v.clamp_min(1e-30))
         idx = ((logv - LOG10_LO) * (N_BINS / (LOG10_HI - LOG10_LO))).floor().long() + 1
         idx = idx.clamp_(0, N_BINS + 1)
-        self.counts += torch.bincount(idx, minlength=N_BINS + 2).to(torch.float64)
+        # counts may live elsewhere than the values (refinement keeps them on the CPU)
+        self.counts += torch.bincount(idx, minlength=N_BINS + 2).to(self.counts)
 
     @property
     def total(self) -> float:
