@@ -357,3 +357,22 @@ def test_wide_bad_configs():
         sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "WIDE": 2})
     with pytest.raises(ValueError, match="WIDE"):
         sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "WIDE": 1, "USE_DOT": 1})
+
+
+@pytest.mark.parametrize("mb", [1, 2, 4, 8, 16])
+def test_every_candidate_runs_its_bucket(mb):
+    """Whatever the shape, the pruner hands the tuner only configs the launcher accepts for
+    that M bucket (the dot path needs BLOCK_K >= 16; wide tiles only for M <= 4); small odd K,
+    where every split-K rule fails, fell back to a wide tile with BLOCK_K = 8 at M = 16."""
+    configs = ac._all_configs(False)
+    shapes = [(1000, (333, 700, 1101)), (4096, (14336, 28672)), (64, (96,)), (14336, (4096,))]
+    for k, ends in shapes:
+        for sb in (0, 1, 3, 4):
+            kept = ac._prune_cached(configs, ends, k, mb, sb, 2, 132)
+            assert kept
+            for c in kept:
+                kw = c.kwargs
+                if mb > 4 or kw["USE_DOT"]:
+                    assert kw["BLOCK_K"] >= 16 and not kw.get("WIDE", 0), (k, ends, mb, kw)
+                if mb == 1:
+                    assert not kw["USE_DOT"], (k, ends, kw)

@@ -230,6 +230,21 @@ def column_tiles(segment_ends: tuple, block_n: int) -> int:
     return tiles
 
 
+def _runs_bucket(cfg, mb: int) -> bool:
+    """Whether a config may run M bucket mb: M >= 5 needs the dot path (BLOCK_K >= 16), M = 1
+    the FMA paths, M <= 2 only the wide FMA tiles (they won every M = 1, 2 shape on the H100,
+    tile_probe*.json); and the FMA path's registers must fit."""
+    kw = cfg.kwargs
+    use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
+    if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
+        return False
+    if mb == 1 and use_dot:
+        return False
+    if mb <= 2 and not use_dot and not wide:
+        return False
+    return _fits_registers(kw, cfg.num_warps, mb)
+
+
 @functools.lru_cache(maxsize=4096)
 def _prune_cached(
     configs: tuple, segment_ends: tuple, k: int, mb: int, sb: int, elem: int, sms: int
@@ -237,20 +252,18 @@ def _prune_cached(
     if len(configs) <= 1:
         return configs
     n = segment_ends[-1]
-    min_chunk = min(c.kwargs["BLOCK_K"] * c.kwargs["K_ITERS"] for c in configs)
+    # configs that can run this M bucket at all: the path (FMA / dot / wide), the registers
+    runnable = [c for c in configs if _runs_bucket(c, mb)]
+    if not runnable:
+        raise ValueError(f"no sparse GEMV config runs M bucket {mb}")
+    min_chunk = min(c.kwargs["BLOCK_K"] * c.kwargs["K_ITERS"] for c in runnable)
     lo, hi, target = 4 * sms, 64 * sms, 24 * sms  # warps launched (see the module docstring)
     scored = []
-    for cfg in configs:
+    for cfg in runnable:
         kw = cfg.kwargs
         use_dot = kw["USE_DOT"]
         compact = kw.get("COMPACT", 0)
-        if (mb >= 8 and not use_dot) or (mb == 1 and use_dot):
-            continue
-        if mb <= 2 and not use_dot and not kw.get("WIDE", 0):  # the wide tiles won every
-            continue  # M = 1, 2 shape on the H100 (tile_probe*.json)
         if compact and sb in (1, 2):  # < 50% dropped: masked rows cost little, skip the scan
-            continue
-        if not _fits_registers(kw, cfg.num_warps, mb):
             continue
         chunk = kw["BLOCK_K"] * kw["K_ITERS"]
         if chunk > k and chunk > min_chunk:  # longer chunks than K only repeat the shortest
@@ -268,8 +281,8 @@ def _prune_cached(
         variant = (compact, kw.get("WIDE", 0))
         tile = (kw["BLOCK_N"], kw["BLOCK_K"], use_dot, variant, cfg.num_warps, cfg.num_stages)
         scored.append((outside, abs(math.log2(warps / target)), len(scored), tile, cfg))
-    if not scored:  # nothing fits the rules: keep the smallest tile
-        return (min(configs, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
+    if not scored:  # nothing fits the rules: keep the smallest tile that runs this bucket
+        return (min(runnable, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
     scored.sort(key=lambda t: t[:3])
     # Round robin over tiles: every tile's best split-K first, then every tile's second best,
     # so the candidates differ in tile shape and in split-K rather than repeating one of them.
