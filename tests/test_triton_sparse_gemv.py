@@ -376,3 +376,17 @@ def test_every_candidate_runs_its_bucket(mb):
                     assert kw["BLOCK_K"] >= 16 and not kw.get("WIDE", 0), (k, ends, mb, kw)
                 if mb == 1:
                     assert not kw["USE_DOT"], (k, ends, kw)
+
+
+def test_wide_weight_at_an_odd_address():
+    """A contiguous weight_t view that starts 2 bytes past a 16-byte boundary: the wide path
+    must not read its bf16 pairs as int32 (misaligned); the result still matches."""
+    k, ends = 45, [16, 48]
+    x, w_t, thr, b = _make(2, k, ends, torch.bfloat16, seed=71)
+    flat = torch.empty(k * 48 + 1, dtype=torch.bfloat16)
+    w_odd = flat[1:].view(k, 48)
+    w_odd.copy_(w_t)
+    assert w_odd.is_contiguous() and w_odd.data_ptr() % 4 == 2
+    assert tsg._segments_aligned(w_t, ends) and not tsg._segments_aligned(w_odd, ends)
+    y = sparse_gemv(x, w_odd, thr, ends, b, config=WIDE_CFGS[0])
+    check(y, reference(x, w_t, thr, ends, b), x, k)

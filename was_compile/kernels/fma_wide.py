@@ -17,7 +17,7 @@ contiguous columns (one 16-byte vector) of every one of the step's BLOCK_K rows,
 * x and thresholds of step i + 1 are requested, and its keep mask computed, before step i's
   tile is consumed, so the weight loads of a step never wait for loads of the same iteration.
 
-Small CTAs (1-2 warps) and short chunks (64-128 channels) give each SM 16-30 independent
+Small CTAs (1-2 warps) and short chunks (64-256 channels) give each SM 16-30 independent
 warps: that, not a deeper per-warp pipeline, hides the HBM latency. (Splitting a step's rows
 over warps, a [ROWS, WARPS_K, BLOCK_N] tile, made Triton 3.9 reload x in a second layout and
 convert it through shared memory with barriers every step, and ran 1.5-1.9x slower on the

@@ -387,6 +387,13 @@ def _validate(x, weight_t, thresholds, segment_ends, bias):
     return m, k, n, ends
 
 
+def _segments_aligned(weight_t: torch.Tensor, ends: tuple) -> bool:
+    """Segment ends multiples of 16 elements and weight_t at a 16-byte address: column tiles
+    then start on 16-byte boundaries (vector loads; the wide path reads bf16/fp16 column pairs
+    as int32, which would be misaligned on a weight view starting at an odd element)."""
+    return all(e % 16 == 0 for e in ends) and weight_t.data_ptr() % 16 == 0
+
+
 @functools.lru_cache(maxsize=4096)
 def _workspace_sizes(ends: tuple, k: int, mb: int, sb: int, elem: int) -> tuple:
     """(largest split count, largest compaction scratch in int32 elements) over the configs
@@ -448,7 +455,7 @@ def sparse_gemv(
     mb = m_bucket(m)
     sb = sparsity_bucket(sparsity_hint)
     elem = x.element_size()
-    seg_aligned = all(e % 16 == 0 for e in ends)
+    seg_aligned = _segments_aligned(weight_t, ends)
     e_args = list(ends) + [n] * (MAX_SEGMENTS - len(ends))
 
     required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
