@@ -11,14 +11,16 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   iteration (2-32 KB). ~18 KB in flight per SM covers HBM latency at 3 TB/s; several CTAs per
   SM make up the rest, hence the register budget in ``_fits_registers``.
 * K_ITERS: iterations per CTA. Split-K is expressed as a chunk of CHUNK_K = BLOCK_K * K_ITERS
-  rows per CTA (256..2048), so the number of K splits is cdiv(K, CHUNK_K) and the loop bound is
+  rows per CTA (64..2048), so the number of K splits is cdiv(K, CHUNK_K) and the loop bound is
   a constexpr (interpreter friendly, fully static loop on the GPU). The grid is
-  (column tiles) x (K splits); the pruner keeps the configs whose CTA count fills the SMs
-  (>= 1 wave, <= 16 waves) and whose fp32 split-K partials stay under ~10% of the weight bytes.
+  (column tiles) x (K splits); the pruner ranks configs by the warps they launch (4..64 per
+  SM, best near 24) and keeps those whose fp32 split-K partials stay under ~10% of the weight
+  bytes.
 * USE_DOT: M >= 5 rows (buckets 8, 16) use ``tl.dot`` (mma, x padded to 16 rows): 16 FMAs
-  per weight element on CUDA cores would compete with the memory stream. M in {2, 4} may use
-  either (both are timed); M = 1 uses the FMA path (one elementwise [BLOCK_K, BLOCK_N] fp32
-  accumulator per row, reduced over K once at the end, no cross-thread reduction in the loop).
+  per weight element on CUDA cores would compete with the memory stream. M = 4 may use the dot
+  path, the default FMA tiles (one elementwise [BLOCK_K, BLOCK_N] fp32 accumulator per row,
+  reduced over K once at the end) or the wide ones (all are timed); M = 1 and 2 use the wide
+  FMA tiles only (below).
 * COMPACT: 0 = masked rows (a dropped row's loads are predicated off), 1 = each CTA first
   lists its chunk's kept channels and then reads BLOCK_K kept rows per iteration. At high
   sparsity the masked variant keeps few bytes in flight per iteration (latency bound), the
@@ -38,11 +40,11 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
   held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
 
-The full list has 144 entries; ``prune_configs`` keeps at
-most ``MAX_CANDIDATES`` per tuning key, round robin over the masked, compacting and wide
-variants, most promising tiles first, so first-call tuning of one key costs <= 12 compiles
-(cached across keys and processes) + 12 short benchmarks. The ranking counts warps, not CTAs:
-about 24 resident warps per SM (1-warp wide CTAs and 4-warp tiles alike) is the target.
+The full list has 144 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
+key, round robin over the masked, compacting and wide variants, most promising tiles first,
+so first-call tuning of one key costs <= 12 compiles (cached across keys and processes) + 12
+short benchmarks. The ranking counts warps, not CTAs: about 24 warps launched per SM
+(1-warp wide CTAs and 4-warp tiles alike) is the target.
 
 On-disk cache: Triton >= 3.4 accepts ``cache_results=True`` on ``triton.autotune`` (or
 ``TRITON_CACHE_AUTOTUNING=1``): the timings of each tuning key are kept in Triton's cache
