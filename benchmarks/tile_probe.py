@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             cfg = {"USE_DOT": 0, "COMPACT": 0, "num_stages": 1, **cfg}
             name = (f"{cfg['BLOCK_N']}x{cfg['BLOCK_K']}x{cfg['K_ITERS']} w{cfg.get('num_warps', 4)}"
                     + "".join(f" {key.lower()}{v}" for key, v in cfg.items()
-                              if key in ("USE_DOT", "COMPACT", "WIDE", "PIPE") and v))  # fmt: skip
+                              if key in ("USE_DOT", "COMPACT", "WIDE") and v))  # fmt: skip
             try:
                 fn = functools.partial(sparse_gemv, x, w_t, thr, ends, config=cfg)
                 y = fn()
