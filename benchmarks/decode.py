@@ -59,7 +59,7 @@ from was_compile import calibrate, make_schedule, masked_inputs  # noqa: E402
 from was_compile.backend import last_compile_stats, prepare  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: timing.py
-from timing import graph_ms  # noqa: E402
+from timing import copy_bandwidth_Bps, graph_ms  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "decode.json")
 # name: (transformers family, config kwargs with the real shapes). Rope settings stay at their
@@ -242,10 +242,9 @@ def time_linears(model, sites, batch: int, clock: Clock) -> float:
 
 def copy_bandwidth(device, clock: Clock, smoke: bool) -> float:
     """Bytes read + written per second by a large device-to-device copy."""
-    src = torch.empty(2**20 if smoke else 2**29, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    ms = clock.median_ms(lambda: dst.copy_(src), iters=10)
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+    return copy_bandwidth_Bps(
+        device, lambda fn: clock.median_ms(fn, iters=10), 2**20 if smoke else 2**29
+    )
 
 
 def run_variant(model, step, prompt, args, clock: Clock) -> dict:

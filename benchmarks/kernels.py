@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         return 2
     import torch.nn.functional as F
     import triton
-    from timing import do_bench_ms, graph_ms
+    from timing import copy_bandwidth_Bps, do_bench_ms, graph_ms
 
     from was_compile.kernels.triton_sparse_gemv import last_autotune_config, sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
@@ -184,13 +184,10 @@ def main(argv=None) -> int:
             return do_bench(fn, args.rep)
         return graph_ms(fn, lambda replay: do_bench(replay, args.rep))
 
-    # device-to-device copy bandwidth (bytes read + written), large tensors
-    src = torch.empty(2**20 if args.smoke else 2**29, dtype=torch.bfloat16, device=device)
-    src.normal_()
-    dst = torch.empty_like(src)
-    copy_ms = do_bench(functools.partial(dst.copy_, src), 200)
-    copy_bw = 2 * src.numel() * src.element_size() / (copy_ms * 1e-3)  # bytes / s
-    del src, dst
+    # device-to-device copy bandwidth (bytes read + written per s), large tensors, no graph
+    copy_bw = copy_bandwidth_Bps(
+        device, lambda fn: do_bench(fn, 200), 2**20 if args.smoke else 2**29
+    )
     device_name = (
         torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test)"
     )

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
     import triton
-    from timing import do_bench_ms, graph_ms
+    from timing import copy_bandwidth_Bps, do_bench_ms, graph_ms
 
     from was_compile.kernels.triton_sparse_gemv import sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
@@ -72,10 +72,7 @@ def main(argv=None) -> int:
     def bench(fn):
         return graph_ms(fn, lambda replay: do_bench_ms(replay, warmup_ms=10, rep_ms=args.rep))
 
-    src = torch.empty(2**29, device=dev, dtype=torch.bfloat16).normal_()
-    dst = torch.empty_like(src)
-    copy_bw = 2 * src.numel() * 2 / (bench(functools.partial(dst.copy_, src)) * 1e-3)
-    del src, dst
+    copy_bw = copy_bandwidth_Bps(dev, bench)  # through a CUDA graph, like every call here
     rows = []
     print(f"copy {copy_bw / 1e12:.2f} TB/s  tag {args.tag!r}")
     print(f"{'case':<16}{'config':<34}{'us':>8}{'cuBLAS':>8}{'x':>6}{'%lim':>6}{'err':>9}")

@@ -68,3 +68,15 @@ def do_bench_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float =
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def copy_bandwidth_Bps(device: torch.device, timer: Timer, numel: int = 2**29) -> float:
+    """Bytes read + written per second by a device-to-device copy of ``numel`` random bf16
+    values (1 GiB by default), timed by ``timer`` (milliseconds per call): the bandwidth that
+    the benchmarks' byte limits divide by."""
+    import torch
+
+    src = torch.empty(numel, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)

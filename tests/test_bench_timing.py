@@ -73,3 +73,18 @@ def test_graph_ms_replays_on_the_gpu():
     dst = torch.empty_like(src)
     ms = timing.graph_ms(lambda: dst.copy_(src), timing.do_bench_ms)
     assert 0 < ms < 100 and torch.equal(dst, src)
+
+
+def test_copy_bandwidth_counts_bytes_read_and_written():
+    """The copy the timer times really copies, and bytes read + written over its time."""
+    timing = load_timing()
+    seen = []
+
+    def timer(fn):
+        out = fn()
+        seen.append(out.clone())
+        return 2.0  # ms
+
+    bw = timing.copy_bandwidth_Bps(torch.device("cpu"), timer, numel=4096)
+    assert bw == pytest.approx(2 * 4096 * 2 / 2e-3)
+    assert seen[0].dtype == torch.bfloat16 and seen[0].float().abs().sum() > 0
