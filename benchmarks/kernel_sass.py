@@ -290,13 +290,15 @@ def ctas_per_sm(regs: int, warps: int, smem: int) -> tuple:
     return limits[name], name
 
 
-def resource_usage(cubin: Path) -> dict:
-    out = subprocess.run(
-        [nvidia_tool("cuobjdump"), "--dump-resource-usage", str(cubin)],
-        capture_output=True,
-        text=True,
-        check=True,
+def cuobjdump(option: str, cubin: Path) -> str:
+    """What the Triton wheel's cuobjdump prints for ``cuobjdump OPTION CUBIN``."""
+    return subprocess.run(
+        [nvidia_tool("cuobjdump"), option, str(cubin)], capture_output=True, text=True, check=True
     ).stdout
+
+
+def resource_usage(cubin: Path) -> dict:
+    out = cuobjdump("--dump-resource-usage", cubin)
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     keys = ("regs", "stack", "shared", "local")
     return dict(zip(keys, map(int, m.groups()))) if m else {}
@@ -352,12 +354,7 @@ def run_cases(args) -> list:
                 (out_dir / f"{name}.{ext}").write_text(kernel.asm[ext])
             cubin = out_dir / f"{name}.cubin"
             cubin.write_bytes(kernel.asm["cubin"])
-            sass = subprocess.run(
-                [nvidia_tool("cuobjdump"), "-sass", str(cubin)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            sass = cuobjdump("-sass", cubin)
             (out_dir / f"{name}.sass").write_text(sass)
             insns = parse_sass(sass)
             loops = [
