@@ -12,6 +12,12 @@ picks, so each benchmark keeps its own protocol:
 * any other ``timer(fn) -> ms``, such as ``decode.Clock.median_ms`` (CUDA events, median, no
   L2 flush).
 
+:func:`sequence_ms` is the other protocol: calls that each read their own copy of the weights,
+captured back to back in one graph (as a decode step runs a model's layers), timed without any
+flush; per call. A memset flush leaves L2 full of dirty lines that the next kernel must write
+back to HBM while it reads (up to ~50 MB on an H100, ~16 us of bandwidth), a cost decode never
+pays; a sequence of distinct weights keeps L2 cold for every call without it.
+
 Every time is in milliseconds. torch and triton are imported inside the functions, so a script
 may import this module before it sets ``TRITON_INTERPRET`` (``kernels.py --smoke``).
 
@@ -68,6 +74,51 @@ def do_bench_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float =
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def l2_bytes(device: torch.device) -> int:
+    """The device's L2 cache size in bytes (50 MiB on an H100 SXM)."""
+    import torch
+
+    return int(torch.cuda.get_device_properties(device).L2_cache_size)
+
+
+def copies_for(weight_bytes: int, l2: int, min_copies: int = 4, max_copies: int = 64) -> int:
+    """How many distinct weight copies a sequence needs so that no call finds its weights in
+    L2: together at least three times the L2 size, and at least ``min_copies``."""
+    need = -(-3 * l2 // max(1, weight_bytes))
+    return max(min_copies, min(max_copies, need))
+
+
+def sequence_ms(calls: list[Callable[[], object]], reps: int = 20, rounds: int = 7) -> float:
+    """Milliseconds per call of ``calls`` run back to back in one CUDA graph, no L2 flush.
+
+    The graph runs every call once, in order; ``reps`` replays are queued between two CUDA
+    events (the replays' launch latency overlaps the previous replay), ``rounds`` such
+    measurements, median, divided by ``reps * len(calls)``. Each call should read its own
+    weights (see :func:`copies_for`), else L2 serves the repeats.
+    """
+    import statistics
+
+    import torch
+
+    graph = capture_graph(lambda: [c() for c in calls])
+    try:
+        for _ in range(3):
+            graph.replay()
+        times = []
+        for _ in range(rounds):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / (reps * len(calls)))
+        return statistics.median(times)
+    finally:
+        del graph
 
 
 def copy_bandwidth_Bps(device: torch.device, timer: Timer, numel: int = 2**29) -> float:
