@@ -17,11 +17,12 @@ union of kept channels is denser (reported as union_kept).
 
 Timing (``--protocol``): by default ``sequence``: as a decode step runs a model's layers, one
 CUDA graph runs the call back to back over distinct copies of the weights (enough copies to
-fill three times L2, at least four), timed with no flush, median per call (``timing.sequence_ms``;
-cuBLAS and the copy bandwidth the same way). ``flush``, the protocol of the results before
-2026-11-24: one call per graph replay, ``triton.testing.do_bench`` with its L2 flush (a memset
-of 256 MB) before each replay; the dirty L2 lines the memset leaves are written back while
-the timed kernel reads, which adds ~12-19 us to every H100 call, cuBLAS's and ours alike
+fill three times L2, at least four), timed with no flush, median per call
+(``timing.sequence_ms``; cuBLAS the same way; the copy bandwidth by eager copies,
+``timing.events_ms``). ``flush``, the protocol of the results before 2026-11-24: one call per
+graph replay, ``triton.testing.do_bench`` with its L2 flush (a memset of 256 MB) before each
+replay; the dirty L2 lines the memset leaves are written back while the timed kernel reads,
+which adds ~12-19 us to every H100 call, cuBLAS's and ours alike
 (``benchmarks/kernel_notes.md`` section 9 compares the two).
 
     python benchmarks/kernels.py            # all models, M = 1, 2, 4, 8
@@ -160,7 +161,15 @@ def main(argv=None) -> int:
         return 2
     import torch.nn.functional as F
     import triton
-    from timing import copies_for, copy_bandwidth_Bps, do_bench_ms, graph_ms, l2_bytes, sequence_ms
+    from timing import (
+        copies_for,
+        copy_bandwidth_Bps,
+        do_bench_ms,
+        events_ms,
+        graph_ms,
+        l2_bytes,
+        sequence_ms,
+    )
 
     from was_compile.kernels.triton_sparse_gemv import last_autotune_config, sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
@@ -201,11 +210,11 @@ def main(argv=None) -> int:
             return do_bench(calls[0], args.rep)
         return graph_ms(calls[0], lambda replay: do_bench(replay, args.rep))
 
-    # device-to-device copy bandwidth (bytes read + written per s) of a 1 GiB tensor (4x L2
-    # and more: nothing to flush), timed as the calls are
+    # device-to-device copy bandwidth (bytes read + written per s) of a 1 GiB tensor (20x L2:
+    # nothing to flush); eager, since a copy captured in a graph runs slower (timing.events_ms)
     copy_bw = copy_bandwidth_Bps(
         device,
-        (lambda fn: sequence_ms([fn], reps=5)) if sequence else (lambda fn: do_bench(fn, 200)),
+        events_ms if sequence else (lambda fn: do_bench(fn, 200)),
         2**20 if args.smoke else 2**29,
     )
     device_name = (
