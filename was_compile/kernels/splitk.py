@@ -19,8 +19,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .pdl import gdc_wait
-
 __all__ = ["_splitk_reduce_kernel"]
 
 
@@ -40,16 +38,11 @@ def _round_out(acc, y_ptr, INTERPRET: tl.constexpr):
 @triton.jit
 def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
                           HAS_BIAS: tl.constexpr, MAX_SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-                          INTERPRET: tl.constexpr, PDL: tl.constexpr = 0):  # fmt: skip
-    """y[m, n] = cast(sum_s part[s, m, n] + bias[n]); fixed order, fp32. PDL: launched while
-    the GEMV runs (pdl.py); waits for it before reading what it wrote."""
+                          INTERPRET: tl.constexpr):  # fmt: skip
+    """y[m, n] = cast(sum_s part[s, m, n] + bias[n]); fixed order, fp32."""
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    if PDL:
-        gdc_wait()
     nsplit = tl.load(nsplit_ptr)
     s = tl.arange(0, MAX_SPLIT)
     vals = tl.load(
@@ -59,5 +52,5 @@ def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
     )
     acc = tl.sum(vals, axis=0)
     if HAS_BIAS:
-        acc += bias
+        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, _round_out(acc, y_ptr, INTERPRET), mask=mask)

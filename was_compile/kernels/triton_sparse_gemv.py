@@ -39,8 +39,6 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
   may pick for this shape. Only torch.empty is used (no memset, no host sync, no
   data-dependent shapes): the launcher is CUDA-graph capturable once the shape is tuned (run
   one call before capture; autotuning itself cannot run inside a capture).
-* Launches (``pdl.py``): on Hopper both kernels use programmatic dependent launch, so each
-  overlaps its launch with the end of the kernel before it.
 * Interpreter (TRITON_INTERPRET=1) workarounds, compiled out on the GPU: its ``tl.dot`` treats
   bf16 as integers (operands are upcast to fp32 there) and its fp32 -> bf16 cast truncates
   (rounded to nearest even by hand there).
@@ -71,7 +69,6 @@ from .autotune_configs import (
 )
 from .fma_wide import _fma_tile_wide
 from .gemv_rows import keep_rows, load_rows, step_channels
-from .pdl import gdc_launch_dependents, gdc_wait, pdl_enabled
 from .splitk import _splitk_reduce_kernel
 
 __all__ = ["sparse_gemv", "last_autotune_config", "SUPPORTED_DTYPES"]
@@ -216,14 +213,10 @@ def _sparse_gemv_kernel(
     SPARSITY_BUCKET,
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
-    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0, PDL: tl.constexpr = 0,
+    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
-    Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N] (summed by splitk.py).
-    PDL: launched as the kernel before it finishes (pdl.py)."""
-    if PDL:
-        gdc_wait()  # x (and anything else) written by the previous kernel is visible
-        gdc_launch_dependents()  # the reduction may be scheduled once every CTA got here
+    Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N] (summed by splitk.py)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
 
@@ -514,9 +507,8 @@ def sparse_gemv(
         sb, mb, seg_aligned, interpret_mode(),
     )  # fmt: skip
     grid = _grid(ends, k)
-    pdl = {"PDL": 1, "launch_pdl": True} if pdl_enabled(device) else {}
     if config is None:
-        _sparse_gemv_autotuned[grid](*args, **pdl)
+        _sparse_gemv_autotuned[grid](*args)
     else:
         launch = {}
         if config.get("maxnreg") and not interpret_mode():  # register cap (ptxas)
@@ -527,13 +519,12 @@ def sparse_gemv(
             num_warps=config.get("num_warps", 4),
             num_stages=config.get("num_stages", 1),
             **launch,
-            **pdl,
         )
 
     block = max(32, min(1024, 8192 // max_split_p2))
     _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
         partials, nsplit, bias if bias is not None else partials, y, m * n, n,
         HAS_BIAS=bias is not None, MAX_SPLIT=max_split_p2, BLOCK=block,
-        INTERPRET=interpret_mode(), num_warps=4, **pdl,
+        INTERPRET=interpret_mode(), num_warps=4,
     )  # fmt: skip
     return y
