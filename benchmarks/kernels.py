@@ -161,6 +161,7 @@ def main(argv=None) -> int:
         return 2
     import torch.nn.functional as F
     import triton
+    from gemv_bytes import masked_reference
     from timing import (
         copies_for,
         copy_bandwidth_Bps,
@@ -268,7 +269,7 @@ def main(argv=None) -> int:
         for shape_name, k, ends, has_bias in model_shapes(model):
             n = ends[-1]
             key = (k, tuple(ends), has_bias)
-            w_t = w_ts = w_denses = w_parts = w32 = None
+            w_t = w_ts = w_denses = w_parts = None
             for m in m_values:
                 for sp in sparsities:
                     if (key, m, sp) in measured:
@@ -276,7 +277,6 @@ def main(argv=None) -> int:
                         continue
                     if w_t is None:
                         w_t = make_weight_t(n, k, dtype, device, seed=n + k)
-                        w32 = w_t.float()
                         copies = copies_for(n * k * elem, l2) if sequence else 1
                         w_ts = [w_t] + [w_t.clone() for _ in range(copies - 1)]
                         w_denses = [w.t().contiguous() for w in w_ts]
@@ -296,18 +296,7 @@ def main(argv=None) -> int:
                     sync()
                     cfg = last_autotune_config()
                     # correctness against an fp32 reference with the same masks
-                    ref = torch.empty(m, n, device=device, dtype=torch.float32)
-                    kept_bytes = 0
-                    kept_rows_w = 0.0
-                    start = 0
-                    for s, end in enumerate(ends):
-                        keep = x.float().abs() > thr[s]
-                        xm = torch.where(keep, x.float(), 0.0)
-                        ref[:, start:end] = xm @ w32[:, start:end]
-                        union = keep.any(dim=0).sum().item()
-                        kept_bytes += union * (end - start) * elem
-                        kept_rows_w += union / k * (end - start)
-                        start = end
+                    ref, kept_bytes, union_kept = masked_reference(x, thr, w_t, ends)
                     if bias is not None:
                         ref += bias.float()
 
@@ -316,7 +305,6 @@ def main(argv=None) -> int:
                         return err.item()
 
                     rel_err = rel_err_of(y)
-                    union_kept = kept_rows_w / n
                     io_bytes = m * k * elem + m * n * elem + thr.numel() * 4
                     if bias is not None:
                         io_bytes += n * bias.element_size()
@@ -366,7 +354,7 @@ def main(argv=None) -> int:
                             + (f"  REL ERR {r_err:.1e}" if r_err > 2e-2 else ""),
                             flush=True,
                         )
-            del w_t, w_ts, w_denses, w_parts, w32
+            del w_t, w_ts, w_denses, w_parts
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         write()  # after each model: partial results survive a time limit

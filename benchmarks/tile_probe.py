@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py
+sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, gemv_bytes.py
 
 # Llama-3-8B linear shapes: name -> (K, segment ends); q|k|v and gate|up as one launch
 SHAPES = {
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
     import triton
+    from gemv_bytes import masked_reference
     from timing import copy_bandwidth_Bps, do_bench_ms, graph_ms
 
     from was_compile.kernels.triton_sparse_gemv import sparse_gemv
@@ -85,13 +86,7 @@ def main(argv=None) -> int:
         w_t = make_weight_t(n, k, torch.bfloat16, dev, seed=n + k)
         w = w_t.t().contiguous()
         x, thr = make_activations(m, k, sp, torch.bfloat16, dev, len(ends), seed=1)
-        ref = torch.empty(m, n, device=dev)
-        kept_bytes, start = 0, 0
-        for s, end in enumerate(ends):
-            keep = x.float().abs() > thr[s]
-            ref[:, start:end] = torch.where(keep, x.float(), 0.0) @ w_t[:, start:end].float()
-            kept_bytes += int(keep.any(0).sum()) * (end - start) * 2
-            start = end
+        ref, kept_bytes, _ = masked_reference(x, thr, w_t, ends)
         limit_us = kept_bytes / copy_bw * 1e6
         dense_us = bench(functools.partial(F.linear, x, w)) * 1e3
         del w
