@@ -19,10 +19,10 @@ Timing (``--protocol``): by default ``sequence``: as a decode step runs a model'
 CUDA graph runs the call back to back over distinct copies of the weights (enough copies to
 fill three times L2, at least four), timed with no flush, median per call
 (``timing.sequence_ms``; cuBLAS the same way; the copy bandwidth by eager copies,
-``timing.events_ms``). ``flush``, the protocol of the results before 2026-11-24: one call per
-graph replay, ``triton.testing.do_bench`` with its L2 flush (a memset of 256 MB) before each
-replay; the dirty L2 lines the memset leaves are written back while the timed kernel reads,
-which adds ~12-19 us to every H100 call, cuBLAS's and ours alike
+``timing.events_ms``). ``flush``, the protocol of the earlier results (kernels.json of
+94954e7): one call per graph replay, ``triton.testing.do_bench`` with its L2 flush (a memset
+of 256 MB) before each replay; the dirty L2 lines the memset leaves are written back while the
+timed kernel reads, which adds ~12-19 us to every H100 call, cuBLAS's and ours alike
 (``benchmarks/kernel_notes.md`` section 9 compares the two).
 
     python benchmarks/kernels.py            # all models, M = 1, 2, 4, 8

@@ -14,9 +14,9 @@ picks, so each benchmark keeps its own protocol:
 
 :func:`sequence_ms` is the other protocol: calls that each read their own copy of the weights,
 captured back to back in one graph (as a decode step runs a model's layers), timed without any
-flush; per call. A memset flush leaves L2 full of dirty lines that the next kernel must write
-back to HBM while it reads (up to ~50 MB on an H100, ~16 us of bandwidth), a cost decode never
-pays; a sequence of distinct weights keeps L2 cold for every call without it.
+flush; per call. It lives in the package (``was_compile.kernels.graph_timing``, which ``was
+tune`` uses too) with :func:`capture_graph`, :func:`copies_for` and :func:`l2_bytes`; this module
+hands them on, imported on first use.
 
 Every time is in milliseconds. torch and triton are imported inside the functions, so a script
 may import this module before it sets ``TRITON_INTERPRET`` (``kernels.py --smoke``).
@@ -34,25 +34,17 @@ if TYPE_CHECKING:
     import torch
 
 Timer = Callable[[Callable[[], object]], float]
+_FROM_PACKAGE = ("capture_graph", "copies_for", "l2_bytes", "sequence_ms")
 
 
-def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
-    """``fn`` captured in a CUDA graph, after one warm-up call on a side stream.
+def __getattr__(name: str):
+    """``capture_graph``, ``copies_for``, ``l2_bytes``, ``sequence_ms`` from
+    ``was_compile.kernels.graph_timing``, imported when first asked for (that imports torch)."""
+    if name in _FROM_PACKAGE:
+        from was_compile.kernels import graph_timing
 
-    ``fn`` runs twice (warm-up, capture); a replay of the returned graph runs it again on the
-    current stream with the same memory.
-    """
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
+        return getattr(graph_timing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def graph_ms(fn: Callable[[], object], timer: Timer) -> float:
@@ -60,6 +52,8 @@ def graph_ms(fn: Callable[[], object], timer: Timer) -> float:
 
     The graph (and the memory its capture pool holds) is released before returning.
     """
+    from was_compile.kernels.graph_timing import capture_graph
+
     graph = capture_graph(fn)
     try:
         return timer(graph.replay)
@@ -76,56 +70,11 @@ def do_bench_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float =
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
-def l2_bytes(device: torch.device) -> int:
-    """The device's L2 cache size in bytes (50 MiB on an H100 SXM)."""
-    import torch
-
-    return int(torch.cuda.get_device_properties(device).L2_cache_size)
-
-
-def copies_for(weight_bytes: int, l2: int, min_copies: int = 4, max_copies: int = 64) -> int:
-    """How many distinct weight copies a sequence needs so that no call finds its weights in
-    L2: together at least three times the L2 size, and at least ``min_copies``."""
-    need = -(-3 * l2 // max(1, weight_bytes))
-    return max(min_copies, min(max_copies, need))
-
-
-def sequence_ms(calls: list[Callable[[], object]], reps: int = 20, rounds: int = 7) -> float:
-    """Milliseconds per call of ``calls`` run back to back in one CUDA graph, no L2 flush.
-
-    The graph runs every call once, in order; ``reps`` replays are queued between two CUDA
-    events (the replays' launch latency overlaps the previous replay), ``rounds`` such
-    measurements, median, divided by ``reps * len(calls)``. Each call should read its own
-    weights (see :func:`copies_for`), else L2 serves the repeats.
-    """
-    import statistics
-
-    import torch
-
-    graph = capture_graph(lambda: [c() for c in calls])
-    try:
-        for _ in range(3):
-            graph.replay()
-        times = []
-        for _ in range(rounds):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / (reps * len(calls)))
-        return statistics.median(times)
-    finally:
-        del graph
-
-
 def events_ms(fn: Callable[[], object], reps: int = 5, rounds: int = 7) -> float:
     """Milliseconds per eager call of ``fn``: ``reps`` calls queued between two CUDA events,
     ``rounds`` times, median. For long calls whose launch cost is negligible (the copy below):
     a device copy captured in a CUDA graph becomes a memcpy node, which the H100 ran at 2.43
-    TB/s against 3.0 TB/s for the same copy launched eagerly (2026-11-24)."""
+    TB/s against 3.0 TB/s for the same copy launched eagerly (2026-11-23)."""
     import statistics
 
     import torch

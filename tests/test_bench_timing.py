@@ -128,7 +128,9 @@ def test_sequence_ms_runs_every_call_in_order_and_divides_per_call(monkeypatch):
         def replay(self):
             _FakeEvent.clock[0] += 1
 
-    monkeypatch.setattr(timing, "capture_graph", Graph)
+    from was_compile.kernels import graph_timing
+
+    monkeypatch.setattr(graph_timing, "capture_graph", Graph)
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
     calls = [lambda i=i: order.append(f"call{i}") for i in range(3)]
     ms = timing.sequence_ms(calls, reps=5, rounds=3)

@@ -11,6 +11,7 @@ memory is filled with NaN, so an element the kernel forgets to write fails the c
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -201,4 +202,23 @@ def test_op_follows_measured_switch_point(tmp_path, monkeypatch):
         y = torch.ops.was.sparse_linear(x, w_t, thr, ends, b, False, 16, 0.6)
         assert bool(calls) == kernel, f"M={m}"
         check(y, reference(x, w_t, thr, ends, b), x, k)
+    switch_points._cached_table.cache_clear()
+
+
+def test_tune_shapes_times_and_records_switch_points(tmp_path, monkeypatch):
+    """was tune's timing run on a small grouped shape: every row timed, the table written."""
+    from was_compile.kernels import switch_points
+    from was_compile.kernels.tuning import tune_shapes
+
+    monkeypatch.setenv("WAS_CACHE_DIR", str(tmp_path))
+    switch_points._cached_table.cache_clear()
+    ends = [96, 160]
+    rows = tune_shapes([(160, 200)], torch.bfloat16, m_values=(1, 3), sparsities=(0.5,),
+                       segments={(160, 200): ends})  # fmt: skip
+    assert len(rows) == 2 * 2  # (M 1, 3) x (sparsity 0.5 with its hint, and without one)
+    for r in rows:
+        assert r["segment_ends"] == ends and r["config"] != "?"
+        assert 0 < r["time_us"] < 1e4 and 0 < r["cublas_us"] < 1e4 and 0 < r["prefill_us"] < 1e4
+    table = json.loads((tmp_path / "switch_points.json").read_text())
+    assert len(table) == 2 and all(v in (0, 1, 3) for v in table.values())  # buckets 0.5, None
     switch_points._cached_table.cache_clear()

@@ -3,8 +3,10 @@
 Each (N, K, M, sparsity) runs the kernel once on the current CUDA device, which makes Triton's
 autotuner time the candidate configs for that tuning key (N, K, M bucket, sparsity bucket,
 dtype) and, with ``cache_results`` (Triton >= 3.4), store the timings on disk so later
-processes start tuned. The chosen config and the median time of the tuned kernel are recorded,
-next to dense cuBLAS (``F.linear`` on the [N, K] weight) for the same shape.
+processes start tuned. The chosen config and the time of the tuned kernel are recorded, next to
+dense cuBLAS (``F.linear`` on the [N, K] weight) and the op's masked dense path for the same
+shape, all three timed as decode runs them (``graph_timing.sequence_ms``: back to back in one
+CUDA graph over distinct weight copies, no flush).
 """
 
 from __future__ import annotations
@@ -86,32 +88,33 @@ def tune_shapes(
             "tune_shapes needs a CUDA device: Triton autotuning times kernels on the GPU "
             "(torch.cuda.is_available() is False)"
         )
-    import triton.testing
-
     from . import switch_points
+    from .graph_timing import copies_for, l2_bytes, sequence_ms
     from .reference import sparse_linear_reference
     from .triton_sparse_gemv import last_autotune_config, sparse_gemv
 
     device = torch.device("cuda", torch.cuda.current_device())
+    l2 = l2_bytes(device)
     rows = []
     for n, k in shapes:
         ends = list((segments or {}).get((n, k), [n]))
         w_t = make_weight_t(n, k, dtype, device)
-        w_dense = w_t.t().contiguous()  # [N, K] for cuBLAS
+        # distinct copies: each timed call streams its weights from HBM, as in a decode step
+        w_ts = [w_t] + [w_t.clone() for _ in range(copies_for(w_t.nbytes, l2) - 1)]
+        w_denses = [w.t().contiguous() for w in w_ts]  # [N, K] for cuBLAS
         for m in m_values:
             m_bucket(m)  # validates M
             runs = [(s, s) for s in sparsities] + [(max(sparsities, default=0.5), None)]
             for s, hint in runs:
                 x, thr = make_activations(m, k, s, dtype, device, len(ends), seed=m)
-                fn = functools.partial(sparse_gemv, x, w_t, thr, ends, sparsity_hint=hint)
-                fn()  # autotunes this key (or loads the cached choice)
+                sparse_gemv(x, w_t, thr, ends, sparsity_hint=hint)  # tunes (or loads) the key
                 torch.cuda.synchronize()
                 cfg = last_autotune_config()
-                t_ms = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
-                cub = functools.partial(F.linear, x, w_dense)
-                cub_ms = triton.testing.do_bench(cub, warmup=10, rep=50, return_mode="median")
-                masked = functools.partial(sparse_linear_reference, x, w_t, thr, ends)
-                pre_ms = triton.testing.do_bench(masked, warmup=10, rep=50, return_mode="median")
+                kernel = [functools.partial(sparse_gemv, x, w, thr, ends, sparsity_hint=hint)
+                          for w in w_ts]  # fmt: skip
+                cublas = [functools.partial(F.linear, x, w) for w in w_denses]
+                masked = [functools.partial(sparse_linear_reference, x, w, thr, ends)
+                          for w in w_ts]  # fmt: skip
                 rows.append(
                     {
                         "N": n,
@@ -122,11 +125,12 @@ def tune_shapes(
                         "sparsity_bucket": sparsity_bucket(hint),
                         "segment_ends": ends,
                         "config": _config_str(cfg),
-                        "time_us": t_ms * 1e3,
-                        "cublas_us": cub_ms * 1e3,
-                        "prefill_us": pre_ms * 1e3,
+                        "time_us": sequence_ms(kernel) * 1e3,
+                        "cublas_us": sequence_ms(cublas) * 1e3,
+                        "prefill_us": sequence_ms(masked) * 1e3,
                     }
                 )
-        del w_t, w_dense
+        del w_t, w_ts, w_denses
+        torch.cuda.empty_cache()
     switch_points.record(rows, torch.cuda.get_device_name(device), dtype)
     return rows
