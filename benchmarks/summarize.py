@@ -129,6 +129,9 @@ def decode_section(data: dict) -> list[str]:
         "ideal | of ideal | compile s | peak vs dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    models = list(dict.fromkeys(r["model"] for r in rows))  # rows of several runs, in order
+    rows = sorted(rows, key=lambda r: (models.index(r["model"]), r["batch"],
+                                       r["variant"] != "dense", r["sparsity"]))  # fmt: skip
     for r in rows:
         sp = r["measured_union_sparsity"] if r["batch"] > 1 else r["measured_sparsity"]
         out.append(
