@@ -15,8 +15,8 @@ picks, so each benchmark keeps its own protocol:
 :func:`sequence_ms` is the other protocol: calls that each read their own copy of the weights,
 captured back to back in one graph (as a decode step runs a model's layers), timed without any
 flush; per call. It lives in the package (``was_compile.kernels.graph_timing``, which ``was
-tune`` uses too) with :func:`capture_graph`, :func:`copies_for` and :func:`l2_bytes`; this module
-hands them on, imported on first use.
+tune`` uses too) with :func:`capture_graph`, :func:`copies_for`, :func:`events_ms` and
+:func:`l2_bytes`; this module hands them on, imported on first use.
 
 Every time is in milliseconds. torch and triton are imported inside the functions, so a script
 may import this module before it sets ``TRITON_INTERPRET`` (``kernels.py --smoke``).
@@ -34,11 +34,11 @@ if TYPE_CHECKING:
     import torch
 
 Timer = Callable[[Callable[[], object]], float]
-_FROM_PACKAGE = ("capture_graph", "copies_for", "l2_bytes", "sequence_ms")
+_FROM_PACKAGE = ("capture_graph", "copies_for", "events_ms", "l2_bytes", "sequence_ms")
 
 
 def __getattr__(name: str):
-    """``capture_graph``, ``copies_for``, ``l2_bytes``, ``sequence_ms`` from
+    """``capture_graph``, ``copies_for``, ``events_ms``, ``l2_bytes``, ``sequence_ms`` from
     ``was_compile.kernels.graph_timing``, imported when first asked for (that imports torch)."""
     if name in _FROM_PACKAGE:
         from was_compile.kernels import graph_timing
@@ -68,29 +68,6 @@ def do_bench_ms(fn: Callable[[], object], warmup_ms: float = 25, rep_ms: float =
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
-
-
-def events_ms(fn: Callable[[], object], reps: int = 5, rounds: int = 7) -> float:
-    """Milliseconds per eager call of ``fn``: ``reps`` calls queued between two CUDA events,
-    ``rounds`` times, median. For long calls whose launch cost is negligible (the copy below):
-    a device copy captured in a CUDA graph becomes a memcpy node, which the H100 ran at 2.43
-    TB/s against 3.0 TB/s for the same copy launched eagerly (2026-11-23)."""
-    import statistics
-
-    import torch
-
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
 
 
 def copy_bandwidth_Bps(device: torch.device, timer: Timer, numel: int = 2**29) -> float:
