@@ -191,6 +191,21 @@ def decode_step(model, ids, cache):
     return logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
 
+def compile_step(model, sched, smoke: bool):
+    """``decode_step`` compiled dense (``sched`` None: ``mode="reduce-overhead"``) or with
+    ``backend="was"`` and ``sched`` (the same CUDA-graph mode, through ``options``); with
+    ``smoke``, eager backends on the CPU. The was variant lays ``model``'s weights out in place
+    first (``prepare``; a no-op once done), so compile dense before any sparse variant."""
+    if sched is None:
+        opts = {"backend": "eager"} if smoke else {"mode": "reduce-overhead"}
+    else:
+        prepare(model, sched)
+        was = {"schedule": sched, "max_decode_rows": MAX_DECODE_ROWS}
+        was.update({"compiler": "eager"} if smoke else {"mode": "reduce-overhead"})
+        opts = {"backend": "was", "options": was}
+    return torch.compile(decode_step, fullgraph=True, **opts)
+
+
 def decode_sparsity(model, schedule, batches) -> tuple[float, float]:
     """Byte-weighted sparsity of the sites on ``batches`` [B, T] with the thresholds applied:
     (per token, union over the B rows at each position)."""
@@ -375,13 +390,7 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
             if sched is None:
                 linear_ms = time_linears(model, sites, b, clock)
                 _fresh(clock)
-                opts = {"backend": "eager"} if args.smoke else {"mode": "reduce-overhead"}
-            else:
-                prepare(model, sched)  # in place (a no-op once laid out): dense ran before
-                was = {"schedule": sched, "max_decode_rows": MAX_DECODE_ROWS}
-                was.update({"compiler": "eager"} if args.smoke else {"mode": "reduce-overhead"})
-                opts = {"backend": "was", "options": was}
-            step = torch.compile(decode_step, fullgraph=True, **opts)
+            step = compile_step(model, sched, args.smoke)  # dense ran before: see compile_step
             res = run_variant(model, step, prompts[b], args, clock)
         except Exception as err:  # noqa: BLE001 - keep the other variants' results
             traceback.print_exc()

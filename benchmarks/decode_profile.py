@@ -36,7 +36,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: d
 import decode  # noqa: E402
 
 from was_compile import calibrate, make_schedule  # noqa: E402
-from was_compile.backend import prepare  # noqa: E402
 
 DEFAULT_OUT = os.path.join(decode.ROOT, "benchmarks", "results", "decode_profile.json")
 # kernel name fragment -> family (first match wins; names as CUPTI reports them)
@@ -173,14 +172,7 @@ def main(argv=None) -> int:
                               args.sparsity, "was-uniform")  # fmt: skip
         for variant in ("dense", "was"):
             torch._dynamo.reset()
-            if variant == "dense":
-                opts = {"backend": "eager"} if args.smoke else {"mode": "reduce-overhead"}
-            else:
-                prepare(model, sched)  # in place, after dense
-                was = {"schedule": sched, "max_decode_rows": decode.MAX_DECODE_ROWS}
-                was.update({"compiler": "eager"} if args.smoke else {"mode": "reduce-overhead"})
-                opts = {"backend": "was", "options": was}
-            step = torch.compile(decode.decode_step, fullgraph=True, **opts)
+            step = decode.compile_step(model, sched if variant == "was" else None, args.smoke)
             trace = os.path.join(tempfile.mkdtemp(prefix="was_trace_"), f"{variant}.json")
             profile_steps(model, step, prompt, args.steps, trace, cuda)
             result[variant] = summarize(trace, args.steps)
