@@ -1,19 +1,12 @@
 """benchmarks/timing.py: the CUDA-graph timing shared by decode.py, kernels.py, tile_probe.py."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_modules import load_benchmark
 
 
 def load_timing():
-    spec = importlib.util.spec_from_file_location("bench_timing", ROOT / "benchmarks/timing.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("timing")
 
 
 def test_graph_ms_order_without_a_gpu(monkeypatch):

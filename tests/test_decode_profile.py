@@ -1,24 +1,14 @@
 """benchmarks/decode_profile.py: the per-step figures it takes from a Chrome trace."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def profile():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "decode_profile", ROOT / "benchmarks/decode_profile.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("decode_profile")
 
 
 def test_families(profile):

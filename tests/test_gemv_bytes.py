@@ -1,19 +1,12 @@
 """benchmarks/gemv_bytes.py: the kernel benchmarks' fp32 reference and byte count."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_modules import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gemv_bytes", ROOT / "benchmarks/gemv_bytes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gemv_bytes")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -1,22 +1,13 @@
 """benchmarks/score_ablation.py --smoke: the script runs end to end on a tiny random model."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench_modules import load_benchmark
 
 
 def test_score_ablation_smoke(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "score_ablation", ROOT / "benchmarks/score_ablation.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("score_ablation")
     out = tmp_path / "ablation.json"
     argv = ["--smoke", "--out", str(out), "--sparsities", "0.5", "--threads", "1",
             "--calib-windows", "4", "--eval-windows", "4"]  # fmt: skip

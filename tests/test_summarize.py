@@ -1,20 +1,17 @@
 """benchmarks/summarize.py copies figures from the committed JSON results into its tables."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from bench_modules import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _summarize():
-    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks/summarize.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("summarize")
 
 
 @pytest.mark.parametrize("name", ["kernels", "decode", "quality"])
