@@ -423,6 +423,15 @@ def _key(r: dict) -> tuple:
     return (r["model"], r["layers"], r["batch"], r["variant"], r["sparsity"])
 
 
+def _splitk_reduction() -> str:
+    """How the sparse kernel sums its split-K parts in this run (WAS_SPLITK_REDUCTION)."""
+    try:
+        from was_compile.kernels.splitk import reduction_mode
+    except ImportError:  # no Triton: the reference path runs, nothing is split
+        return "none (no triton)"
+    return reduction_mode()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():
@@ -460,6 +469,7 @@ def main(argv=None) -> int:
         "schedule": "make_schedule(calibrate(model, random tokens), s, 'was-uniform')",
         "timing": how[2],
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "errors": [],
+        "splitk_reduction": _splitk_reduction(),
     }  # fmt: skip
     rows: list[dict] = []
     kept: list[dict] = []

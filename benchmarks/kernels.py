@@ -123,6 +123,13 @@ def parse_args(argv=None):
         help="sequence: back-to-back calls over distinct weight copies in one graph, no flush "
         "(default); flush: one call per graph replay, L2 flushed by do_bench (older results)",
     )
+    p.add_argument(
+        "--reduction",
+        default="atomic",
+        choices=["atomic", "ordered"],
+        help="how the kernel sums its split-K parts (was_compile/kernels/splitk.py): atomic "
+        "(default, one kernel, as the backend runs it) or ordered (a second kernel)",
+    )
     p.add_argument("--no-graph", action="store_true", help="time eager calls, not graph replays")
     p.add_argument("--rep", type=int, default=100, help="do_bench repetition time in ms")
     p.add_argument(
@@ -172,7 +179,11 @@ def main(argv=None) -> int:
         sequence_ms,
     )
 
-    from was_compile.kernels.triton_sparse_gemv import last_autotune_config, sparse_gemv
+    from was_compile.kernels.triton_sparse_gemv import (
+        last_autotune_config,
+        reserve_workspace_for,
+        sparse_gemv,
+    )
     from was_compile.kernels.tuning import make_activations, make_weight_t
 
     dtype = getattr(torch, args.dtype)
@@ -239,6 +250,7 @@ def main(argv=None) -> int:
         else ("CUDA graph replay" if use_graph else "eager")
         + ", triton.testing.do_bench median, L2 flushed before each run",
         "protocol": "smoke" if args.smoke else args.protocol if use_graph else "eager",
+        "reduction": args.reduction,
         "limit_bytes": "union-kept rows of weight_t (per segment) + x + y + thresholds (+ bias)",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -277,6 +289,7 @@ def main(argv=None) -> int:
                         continue
                     if w_t is None:
                         w_t = make_weight_t(n, k, dtype, device, seed=n + k)
+                        reserve_workspace_for(w_t, ends, max(m_values))
                         copies = copies_for(n * k * elem, l2) if sequence else 1
                         w_ts = [w_t] + [w_t.clone() for _ in range(copies - 1)]
                         w_denses = [w.t().contiguous() for w in w_ts]
@@ -288,8 +301,9 @@ def main(argv=None) -> int:
                             else None
                         )
                     x, thr = make_activations(m, k, sp, dtype, device, len(ends), seed=m)
+                    gemv = functools.partial(sparse_gemv, reduction=args.reduction)
                     was_calls = [
-                        functools.partial(sparse_gemv, x, w, thr, ends, bias, sparsity_hint=sp)
+                        functools.partial(gemv, x, w, thr, ends, bias, sparsity_hint=sp)
                         for w in w_ts
                     ]
                     y = was_calls[0]()  # autotunes this key on first use

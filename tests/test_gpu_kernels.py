@@ -29,10 +29,24 @@ def _needs_cuda():
     assert torch.cuda.is_available(), "the gpu-marked tests need a CUDA device"
 
 
-def _gemv():
-    from was_compile.kernels.triton_sparse_gemv import sparse_gemv
+def _gemv(reduction: str = "atomic"):
+    """sparse_gemv with its split-K workspace reserved first (as the backend does at compile
+    time) when ``reduction`` is atomic; ordered runs the second reduction kernel."""
+    from was_compile.kernels.triton_sparse_gemv import reserve_workspace_for, sparse_gemv
 
-    return sparse_gemv
+    def call(x, w_t, thr, ends, b=None, **kw):
+        if reduction == "atomic":
+            reserve_workspace_for(w_t, ends, x.shape[0])
+        return sparse_gemv(x, w_t, thr, ends, b, reduction=reduction, **kw)
+
+    return call
+
+
+def _workspace_is_zero() -> bool:
+    from was_compile.kernels.splitk import _WORKSPACES
+
+    acc, tickets = _WORKSPACES[torch.device(DEV, torch.cuda.current_device())]
+    return not acc.any().item() and not tickets.any().item()
 
 
 def _poison_free_memory(nbytes: int = 1 << 26) -> None:
@@ -66,17 +80,53 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("reduction", ["atomic", "ordered"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 8, 16])
 @pytest.mark.parametrize("shape", range(len(SHAPES)))
-def test_matches_reference(dtype, m, shape, monkeypatch):
-    """The first-ranked config of every key (WAS_AUTOTUNE=0: no timing runs)."""
+def test_matches_reference(dtype, m, shape, reduction, monkeypatch):
+    """The first-ranked config of every key (WAS_AUTOTUNE=0: no timing runs), both split-K
+    reductions; the atomic one leaves its workspace zeroed."""
     monkeypatch.setenv("WAS_AUTOTUNE", "0")
     k, ends = SHAPES[shape]
     x, w_t, thr, b = _make(m, k, ends, dtype, seed=100 * shape + m, bias=shape % 2 == 0)
     _poison_free_memory()
-    y = _gemv()(x, w_t, thr, ends, b, sparsity_hint=0.5)
+    y = _gemv(reduction)(x, w_t, thr, ends, b, sparsity_hint=0.5)
     check(y, reference(x, w_t, thr, ends, b), x, k)
+    if reduction == "atomic":
+        assert _workspace_is_zero()
+
+
+def test_atomic_reduction_in_cuda_graph(monkeypatch):
+    """Calls captured in one CUDA graph with the atomic reduction: every replay, on fresh x,
+    matches the reference and leaves the workspace zeroed. A capture that finds no reserved
+    workspace falls back to the ordered reduction (correct, not an error)."""
+    from was_compile.kernels import splitk
+    from was_compile.kernels.triton_sparse_gemv import reserve_workspace_for, sparse_gemv
+
+    k, ends = 4096, [14336, 28672]
+    x, w_t, thr, b = _make(1, k, ends, torch.bfloat16, seed=21, sparsity=0.5, bias=False)
+    for reserved in (True, False):
+        if reserved:
+            reserve_workspace_for(w_t, ends, 1)
+        else:
+            monkeypatch.setattr(splitk, "_WORKSPACES", {})
+        sparse_gemv(x, w_t, thr, ends, sparsity_hint=0.5)  # tunes outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            ys = [sparse_gemv(x, w_t, thr, ends, sparsity_hint=0.5) for _ in range(3)]
+        for seed in (1, 2):
+            g = torch.Generator(device=DEV).manual_seed(seed)
+            x.copy_(torch.randn(x.shape, generator=g, device=DEV).to(x.dtype) * 2)
+            graph.replay()
+            torch.cuda.synchronize()
+            for y in ys:
+                check(y, reference(x, w_t, thr, ends, None), x, k)
+        if reserved:
+            assert _workspace_is_zero()
+        else:
+            assert not splitk._WORKSPACES  # nothing allocated inside the capture
 
 
 @pytest.mark.parametrize("m", [1, 8])

@@ -18,11 +18,13 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton kernel
 from gemv_reference import check, reference  # noqa: E402
 
 from was_compile.kernels import autotune_configs as ac  # noqa: E402
+from was_compile.kernels import splitk  # noqa: E402
 from was_compile.kernels import triton_sparse_gemv as tsg  # noqa: E402
 
 if type(tsg._sparse_gemv_kernel).__name__ != "InterpretedFunction":
     # imported earlier in this session without the interpreter: rebuild the kernels under it
     ac = importlib.reload(ac)
+    splitk = importlib.reload(splitk)
     tsg = importlib.reload(tsg)
 
 sparse_gemv = tsg.sparse_gemv
@@ -83,11 +85,40 @@ def test_matches_reference(dtype, case):
         (16, DOT_C_CFG, torch.bfloat16),
     ],
 )
-def test_explicit_configs(m, cfg, dtype):
+@pytest.mark.parametrize("reduction", ["atomic", "ordered"])
+def test_explicit_configs(m, cfg, dtype, reduction):
+    """K = 100 in chunks of 32..64 rows: 2-4 split-K parts per column tile, summed either way
+    (splitk.py); the atomic way leaves its workspace zeroed for the next call."""
     k, ends = 100, [40, 57, 99]
     x, w_t, thr, b = _make(m, k, ends, dtype, seed=m, bias=True)
-    y = sparse_gemv(x, w_t, thr, ends, b, config={**cfg, "num_warps": 4})
+    y = sparse_gemv(x, w_t, thr, ends, b, config={**cfg, "num_warps": 4}, reduction=reduction)
     check(y, reference(x, w_t, thr, ends, b), x, k)
+    if reduction == "atomic":
+        acc, tickets = splitk._WORKSPACES[torch.device("cpu")]
+        assert acc.numel() >= m * ends[-1] and not acc.any() and not tickets.any()
+
+
+def test_atomic_workspace_rules(monkeypatch):
+    """The workspace grows and keeps the buffers it replaces (graphs may point at them); on a
+    GPU a call never allocates it (None: the ordered reduction runs); a bad mode is an error."""
+    monkeypatch.setattr(splitk, "_WORKSPACES", {})
+    monkeypatch.setattr(splitk, "_RETIRED", [])
+    cpu = torch.device("cpu")
+    splitk.reserve_workspace(cpu, 10, 3)
+    first = splitk._WORKSPACES[cpu]
+    splitk.reserve_workspace(cpu, 5, 2)  # already large enough: unchanged
+    assert splitk._WORKSPACES[cpu] is first
+    acc, tickets = splitk.atomic_workspace(cpu, 20, 1)  # CPU: grows on demand
+    assert acc.numel() == 20 and tickets.numel() == 3 and splitk._RETIRED == [first]
+    assert splitk.atomic_workspace(torch.device("cuda", 0), 1, 1) is None
+    x, w_t, thr, ends, b = _ok()
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        sparse_gemv(x, w_t, thr, ends, b, reduction="fast")
+    monkeypatch.setenv("WAS_SPLITK_REDUCTION", "fast")
+    with pytest.raises(ValueError, match="WAS_SPLITK_REDUCTION='fast' is not one of"):
+        sparse_gemv(x, w_t, thr, ends, b)
+    monkeypatch.setenv("WAS_SPLITK_REDUCTION", "ordered")
+    check(sparse_gemv(x, w_t, thr, ends, b), reference(x, w_t, thr, ends, b), x, 32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -315,7 +346,8 @@ def test_wide_matches_reference(m, dtype, ends):
     i = m + (2 if ends == "odd" else 0) + (1 if dtype == torch.bfloat16 else 0)
     cfg = WIDE_CFGS[i % len(WIDE_CFGS)]
     x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=40 + m, bias=m % 2 == 0)
-    y = sparse_gemv(x, w_t, thr, ends_l, b, config=cfg)
+    reduction = ("atomic", "ordered")[i % 2]
+    y = sparse_gemv(x, w_t, thr, ends_l, b, config=cfg, reduction=reduction)
     check(y, reference(x, w_t, thr, ends_l, b), x, k)
 
 

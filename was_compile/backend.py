@@ -20,6 +20,7 @@ import torch
 from torch import fx
 
 from .errors import InferenceOnlyError, ScheduleMismatchError
+from .kernels.ops import reserve_decode_workspace
 from .options import WasOptions
 from .passes.detect_sites import GraphSite, detect_sites, find_attentions
 from .passes.rewrite_sparse_linear import GroupPlan, rewrite_sparse_linear
@@ -128,6 +129,9 @@ def _rewrite(gm: fx.GraphModule, plans: list[GroupPlan], opts: WasOptions) -> in
     )
     schedule = opts.schedule
     for plan in plans:
+        # before any CUDA-graph warm-up or capture: the kernel's split-K workspace
+        ends = [b for _, b in plan.weights.columns]
+        reserve_decode_workspace(plan.weights.weight_t, ends, opts.max_decode_rows)
         schedule.compiled_groups.append(
             (weakref.ref(plan.thresholds), [m.name for m in plan.members])
         )

@@ -352,7 +352,8 @@ def autotune_kwargs() -> dict:
     """Keyword arguments for ``triton.autotune`` besides ``configs``."""
     params = inspect.signature(triton.autotune).parameters
     kw = {
-        "key": ["N", "K", "M_BUCKET", "SPARSITY_BUCKET"],  # + every tensor arg's dtype (Triton)
+        # + every tensor arg's dtype (Triton)
+        "key": ["N", "K", "M_BUCKET", "SPARSITY_BUCKET", "ATOMIC_REDUCE"],
         "prune_configs_by": {"early_config_prune": prune_configs},
     }
     if "cache_results" in params:  # triton >= 3.4: timings kept on disk across processes

@@ -34,6 +34,18 @@ def _bucket(hint: float | None) -> int:
     return sparsity_bucket(hint)
 
 
+def reserve_decode_workspace(weight_t: torch.Tensor, segment_ends: list[int],
+                             max_rows: int) -> None:  # fmt: skip
+    """Reserve the GPU kernel's split-K workspace for a group (weight_t [K, N], its segment
+    ends, up to ``max_rows`` decode rows) so its calls reduce in one kernel
+    (``splitk.py``). Call outside CUDA-graph capture; a no-op off the GPU or without Triton."""
+    if not weight_t.is_cuda or _triton_gemv() is None:
+        return
+    from .triton_sparse_gemv import reserve_workspace_for
+
+    reserve_workspace_for(weight_t, segment_ends, max_rows)
+
+
 @torch.library.custom_op("was::sparse_linear", mutates_args=())
 def sparse_linear(
     x: torch.Tensor,

@@ -1,25 +1,103 @@
-"""Split-K reduction of the sparse GEMV: the second, small kernel of every call.
+"""Split-K reduction of the sparse GEMV: how the CTAs that share a column tile sum their parts.
 
-Every CTA of the GEMV writes its fp32 partial [M, BLOCK_N] to a workspace [splits, M, N] (no
-fp16/bf16 atomics: precision, and bf16 atomics are missing on several targets and in the
-interpreter); this kernel sums the splits in a fixed order (bitwise reproducible run to run),
-adds the bias and casts to x's dtype. The split count depends on the autotuned config, which
-the host does not know when it launches the reduction: the GEMV writes it to a one-int device
-buffer that this kernel reads.
+Two ways, both with fp32 accumulation and no fp16/bf16 atomics (precision; bf16 atomics are
+missing on several targets and in the interpreter):
 
-Fusing the reduction into the GEMV (the CTA that draws a column tile's last ticket from an
-atomic counter sums that tile's partials) was built and measured on the H100 at Llama-3-8B
-shapes, 50-99% sparsity: no faster inside a CUDA graph (o 99%: 9.9 vs 9.8 us; gate|up 50%:
-58.8 vs 59.0 us; benchmarks/results/tile_probe4.json), and it needs a zeroed counter buffer per
-stream; so the second launch stays.
+* ``atomic`` (default): each CTA adds its fp32 partial [M, BLOCK_N] into a zeroed fp32
+  workspace [M, N] with relaxed fp32 atomics, then draws a ticket from its column tile's
+  counter (acquire-release). The CTA that draws the last ticket reads the tile's sum from L2,
+  zeroes it, adds the bias, writes y in x's dtype and resets the counter:
+  the workspace is left zeroed for the next call, so one buffer per device serves every call
+  with no memset and no second kernel. The summation order varies run to run (fp32 rounding
+  only). On a GPU the buffer must be reserved beforehand (``reserve_workspace``; the backend
+  does it at compile time): allocating it inside a call could land in a CUDA-graph pool (the
+  warm-up runs of ``mode="reduce-overhead"`` allocate from the graph's pool, whose blocks the
+  graph tree may hand out again), so a call that finds it missing or too small uses
+  ``ordered``. The interpreter (CPU) reserves on first use. Calls that share a device must
+  not run concurrently on two streams (they share the buffer).
+* ``ordered`` (``WAS_SPLITK_REDUCTION=ordered``): each CTA writes its partial to a workspace
+  [splits, M, N] and a second small kernel (``_splitk_reduce_kernel``) sums the splits in a
+  fixed order (bitwise reproducible run to run), adds the bias and casts. The split count
+  depends on the autotuned config, which the host does not know when it launches the
+  reduction: the GEMV writes it to a one-int device buffer that this kernel reads.
+
+History: a fused reduction where the last-ticket CTA summed every split's partial was timed
+against ``ordered`` with the old flush protocol (every call after a 256 MB memset) and
+measured no faster (``benchmarks/results/tile_probe4.json``); the decode profile later showed
+the separate reductions costing 2.6 us each, 330 us per Llama-3-8B step
+(``decode_profile.json``), which is why the atomic form was built.
 """
 
 from __future__ import annotations
 
+import os
+
+import torch
 import triton
 import triton.language as tl
 
-__all__ = ["_splitk_reduce_kernel"]
+__all__ = [
+    "_splitk_reduce_kernel",
+    "_atomic_splitk_epilogue",
+    "reduction_mode",
+    "reserve_workspace",
+    "atomic_workspace",
+]
+
+REDUCTION_MODES = ("atomic", "ordered")
+
+# device -> (fp32 accumulator, int32 tickets), both all-zero between calls
+_WORKSPACES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+# buffers replaced by larger ones: a CUDA graph captured earlier may still point at them
+_RETIRED: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def reduction_mode() -> str:
+    """``WAS_SPLITK_REDUCTION``: ``atomic`` (default) or ``ordered`` (bitwise reproducible)."""
+    mode = os.environ.get("WAS_SPLITK_REDUCTION", "atomic").strip().lower() or "atomic"
+    if mode not in REDUCTION_MODES:
+        raise ValueError(
+            f"WAS_SPLITK_REDUCTION={mode!r} is not one of {REDUCTION_MODES}: 'atomic' sums "
+            "split-K parts with fp32 atomics in one kernel, 'ordered' in a fixed order with a "
+            "second kernel (bitwise reproducible)"
+        )
+    return mode
+
+
+def reserve_workspace(device: torch.device, acc_elems: int, tickets: int) -> None:
+    """Make the zeroed atomic-reduction workspace of ``device`` hold at least ``acc_elems``
+    fp32 values (M x N of the largest call) and ``tickets`` counters (column tiles). Allocates
+    (torch.zeros): call it outside CUDA-graph capture and outside torch.compile's warm-up runs.
+    Buffers it replaces are kept alive, since graphs captured earlier still use them."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "was: the split-K workspace cannot be reserved during CUDA-graph capture; reserve "
+            "it before capturing (was_compile.kernels.ops.reserve_decode_workspace)"
+        )
+    cur = _WORKSPACES.get(device)
+    if cur is not None and cur[0].numel() >= acc_elems and cur[1].numel() >= tickets:
+        return
+    if cur is not None:
+        _RETIRED.append(cur)
+        acc_elems, tickets = max(acc_elems, cur[0].numel()), max(tickets, cur[1].numel())
+    _WORKSPACES[device] = (
+        torch.zeros(acc_elems, dtype=torch.float32, device=device),
+        torch.zeros(tickets, dtype=torch.int32, device=device),
+    )
+
+
+def atomic_workspace(device: torch.device, acc_elems: int, tickets: int):
+    """The device's zeroed (fp32 accumulator, int32 tickets) if reserved large enough, else
+    None on a GPU (the caller then reduces ``ordered``); on the CPU (interpreter) it is
+    reserved here."""
+    cur = _WORKSPACES.get(device)
+    if cur is not None and cur[0].numel() >= acc_elems and cur[1].numel() >= tickets:
+        return cur
+    if device.type == "cuda":
+        return None
+    reserve_workspace(device, acc_elems, tickets)
+    return _WORKSPACES[device]
 
 
 @triton.jit
@@ -54,3 +132,27 @@ def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, _round_out(acc, y_ptr, INTERPRET), mask=mask)
+
+
+@triton.jit
+def _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, ws_ptr, ticket_ptr, bias_ptr,
+                            y_ptr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+    """``atomic`` reduction, run by every CTA after its loop: part [rows, BLOCK_N] fp32 is this
+    CTA's share of y[offs_m, offs_n]; the last of the tile's CTAs writes y and re-zeroes."""
+    idx = offs_m[:, None] * N + offs_n[None, :]
+    mask = (offs_m[:, None] < M) & n_mask[None, :]
+    nsplit = tl.num_programs(1)
+    if nsplit > 1:
+        tl.atomic_add(ws_ptr + idx, part, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's adds precede the release of the ticket below
+        ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")
+        # (broadcast through idx: in the interpreter a scalar mask ANDed in comes out int32)
+        mask = mask & ((idx * 0 + ticket) == nsplit - 1)
+        # the last CTA reads the tile's sum from L2 (.cg: not through the SM's L1, which is
+        # not coherent with the other SMs' atomics) and leaves zeros behind
+        part = tl.load(ws_ptr + idx, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(ws_ptr + idx, tl.zeros_like(part), mask=mask)
+        tl.store(ticket_ptr + tl.program_id(0), 0, mask=ticket == nsplit - 1)
+    if HAS_BIAS:
+        part += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + idx, _round_out(part, y_ptr, INTERPRET), mask=mask)

@@ -31,14 +31,14 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
 * WIDE = 1 (``fma_wide.py``, M <= 4): tiles of BLOCK_N = 256 columns per warp where every
   lane holds all BLOCK_K rows of its 8 columns, K summed in-thread, small CTAs, short chunks;
   COMPACT there runs as many steps as there are kept channels. The fastest path at M <= 2.
-* Reduction across K splits (``splitk.py``): every CTA writes its fp32 partial [M, BLOCK_N]
-  into an fp32 workspace [splits, M, N] and a second small kernel sums the splits in a fixed
-  order, adds the bias and casts to x's dtype (no fp16/bf16 atomics; bitwise reproducible run
-  to run). The partials are <= ~10% of the weight bytes (the pruner enforces it) and mostly
-  stay in L2. The workspace is sized for the largest split count among the configs the tuner
-  may pick for this shape. Only torch.empty is used (no memset, no host sync, no
-  data-dependent shapes): the launcher is CUDA-graph capturable once the shape is tuned (run
-  one call before capture; autotuning itself cannot run inside a capture).
+* Reduction across K splits (``splitk.py``): by default every CTA adds its fp32 partial
+  [M, BLOCK_N] into a self-cleaning fp32 workspace with fp32 atomics and the last CTA of each
+  column tile writes y (one kernel); ``WAS_SPLITK_REDUCTION=ordered`` writes the partials to
+  [splits, M, N] and sums them in a fixed order in a second small kernel (bitwise
+  reproducible). Never fp16/bf16 atomics. The split-K traffic is <= ~10% of the weight bytes
+  (the pruner enforces it) and stays in L2. No memset, no host sync, no data-dependent
+  shapes: the launcher is CUDA-graph capturable once the shape is tuned and the workspace
+  reserved (run one call before capture; autotuning itself cannot run inside a capture).
 * Interpreter (TRITON_INTERPRET=1) workarounds, compiled out on the GPU: its ``tl.dot`` treats
   bf16 as integers (operands are upcast to fp32 there) and its fp32 -> bf16 cast truncates
   (rounded to nearest even by hand there).
@@ -69,9 +69,16 @@ from .autotune_configs import (
 )
 from .fma_wide import _fma_tile_wide
 from .gemv_rows import keep_rows, load_rows, step_channels
-from .splitk import _splitk_reduce_kernel
+from .splitk import (
+    REDUCTION_MODES,
+    _atomic_splitk_epilogue,
+    _splitk_reduce_kernel,
+    atomic_workspace,
+    reduction_mode,
+    reserve_workspace,
+)
 
-__all__ = ["sparse_gemv", "last_autotune_config", "SUPPORTED_DTYPES"]
+__all__ = ["sparse_gemv", "reserve_workspace_for", "last_autotune_config", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -207,16 +214,19 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
 
 @triton.jit(do_not_specialize=["SPARSITY_BUCKET"])
 def _sparse_gemv_kernel(
-    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base,
+    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base, ticket_ptr, bias_ptr, y_ptr,
     M, N, K, stride_xm, stride_thr,
     E0, E1, E2, E3, E4, E5, E6, E7,
     SPARSITY_BUCKET,
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
+    ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
     COMPACT: tl.constexpr, WIDE: tl.constexpr = 0,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
-    Writes its fp32 partial to part[pid_k, :M, n0:n0 + BLOCK_N] (summed by splitk.py)."""
+    ATOMIC_REDUCE: adds its fp32 partial into the zeroed workspace part[:M, :] and the tile's
+    last CTA writes y (splitk.py); else writes it to part[pid_k, :M, n0:n0 + BLOCK_N] for the
+    ordered reduction kernel."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
 
@@ -294,10 +304,14 @@ def _sparse_gemv_kernel(
                          COMPACT)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
 
-    p_ptrs = part_ptr + pid_k * (M * N) + offs_m[:, None] * N + offs_n[None, :]
-    tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
-    # the reduction kernel learns the split count of the config that actually ran
-    tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
+    if ATOMIC_REDUCE:
+        _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,
+                                bias_ptr, y_ptr, HAS_BIAS, INTERPRET)  # fmt: skip
+    else:
+        p_ptrs = part_ptr + pid_k * (M * N) + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
+        # the reduction kernel learns the split count of the config that actually ran
+        tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
 
 
 _sparse_gemv_autotuned = triton.autotune(configs=get_autotune_configs(), **autotune_kwargs())(
@@ -396,21 +410,32 @@ def _segments_aligned(weight_t: torch.Tensor, ends: tuple) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _workspace_sizes(ends: tuple, k: int, mb: int, sb: int, elem: int) -> tuple:
-    """(largest split count, largest compaction scratch in int32 elements) over the configs
-    the autotuner may pick for this shape."""
+    """(largest split count, largest compaction scratch in int32 elements, most column tiles)
+    over the configs the autotuner may pick for this shape."""
     return _sizes_for(candidate_configs(ends, k, mb, sb, elem), ends, k)
 
 
 def _sizes_for(configs, ends: tuple, k: int) -> tuple:
-    max_splits, max_list = 1, 1
+    max_splits, max_list, max_tiles = 1, 1, 1
     for c in configs:
         kw = c.kwargs if hasattr(c, "kwargs") else c
         splits = num_k_splits(k, kw)
+        tiles = column_tiles(ends, kw["BLOCK_N"])
         max_splits = max(max_splits, splits)
+        max_tiles = max(max_tiles, tiles)
         if kw.get("COMPACT", 0):
-            chunk = kw["BLOCK_K"] * kw["K_ITERS"]
-            max_list = max(max_list, column_tiles(ends, kw["BLOCK_N"]) * splits * chunk)
-    return max_splits, max_list
+            max_list = max(max_list, tiles * splits * kw["BLOCK_K"] * kw["K_ITERS"])
+    return max_splits, max_list, max_tiles
+
+
+def reserve_workspace_for(weight_t: torch.Tensor, segment_ends: Sequence[int],
+                          max_rows: int = MAX_M) -> None:  # fmt: skip
+    """Reserve the atomic split-K workspace for calls of up to ``max_rows`` rows on this
+    weight [K, N] with these segments, whatever config the tuner picks. Outside CUDA-graph
+    capture (the backend calls it at compile time)."""
+    ends = _check_segment_ends(segment_ends, weight_t.shape[1])
+    tiles = max(column_tiles(ends, c.kwargs["BLOCK_N"]) for c in get_autotune_configs())
+    reserve_workspace(weight_t.device, min(max_rows, MAX_M) * weight_t.shape[1], tiles)
 
 
 def _grid(ends: tuple, k: int):
@@ -432,6 +457,7 @@ def sparse_gemv(
     *,
     sparsity_hint: float | None = None,
     config: dict | None = None,
+    reduction: str | None = None,
 ) -> torch.Tensor:
     """x [M, K] (M 1..16), weight_t [K, N] contiguous, thresholds [S, K] fp32, segment_ends
     increasing, last == N; bias [N] or None. Returns y [M, N] in x.dtype with
@@ -443,8 +469,11 @@ def sparse_gemv(
     1 = the wide FMA tiles for M <= 4, see ``fma_wide``), num_warps,
     num_stages, maxnreg (optional register cap)} (tests, tuning). With the environment
     variable ``WAS_AUTOTUNE=0`` the pruner's first-ranked config runs untimed (quick checks;
-    slower kernels).
+    slower kernels). ``reduction``: how split-K parts are summed, ``"atomic"`` or
+    ``"ordered"`` (``splitk.py``); default from ``WAS_SPLITK_REDUCTION`` (atomic).
     """
+    if reduction is not None and reduction not in REDUCTION_MODES:
+        _fail(f"reduction must be one of {REDUCTION_MODES}, got {reduction!r}")
     m, k, n, ends = _validate(x, weight_t, thresholds, segment_ends, bias)
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -481,7 +510,7 @@ def sparse_gemv(
             _fail(
                 "config: BLOCK_N, BLOCK_K (and BLOCK_K * K_ITERS with COMPACT) must be powers of 2"
             )
-        max_splits, list_size = _sizes_for([meta], ends, k)
+        max_splits, list_size, tiles = _sizes_for([meta], ends, k)
     elif not autotune_enabled():
         # WAS_AUTOTUNE=0: the pruner's first-ranked config for this key, no timing runs
         best = candidate_configs(ends, k, mb, sb, elem)[0]
@@ -489,22 +518,31 @@ def sparse_gemv(
         if getattr(best, "maxnreg", None):
             config["maxnreg"] = best.maxnreg
         meta = dict(best.kwargs)
-        max_splits, list_size = _sizes_for([meta], ends, k)
+        max_splits, list_size, tiles = _sizes_for([meta], ends, k)
     else:
-        max_splits, list_size = _workspace_sizes(ends, k, mb, sb, elem)
+        max_splits, list_size, tiles = _workspace_sizes(ends, k, mb, sb, elem)
 
     device = x.device
-    max_split_p2 = triton.next_power_of_2(max_splits)
-    partials = torch.empty((max_splits * m * n,), dtype=torch.float32, device=device)
-    nsplit = torch.empty((1,), dtype=torch.int32, device=device)
     kept_lists = torch.empty((list_size,), dtype=torch.int32, device=device)
     y = torch.empty((m, n), dtype=x.dtype, device=device)
+    workspace = None
+    if (reduction if reduction is not None else reduction_mode()) == "atomic":
+        workspace = atomic_workspace(device, m * n, tiles)  # None: captured before reserved
+    if workspace is not None:
+        partials, tickets = workspace
+        nsplit = tickets  # unused by the atomic epilogue
+    else:
+        partials = torch.empty((max_splits * m * n,), dtype=torch.float32, device=device)
+        nsplit = torch.empty((1,), dtype=torch.int32, device=device)
+        tickets = nsplit
+    has_bias = bias is not None
 
     args = (
-        x, weight_t, thresholds, partials, nsplit, kept_lists,
+        x, weight_t, thresholds, partials, nsplit, kept_lists, tickets,
+        bias if has_bias else y, y,
         m, n, k, x.stride(0), thresholds.stride(0),
         *e_args,
-        sb, mb, seg_aligned, interpret_mode(),
+        sb, mb, seg_aligned, interpret_mode(), workspace is not None, has_bias,
     )  # fmt: skip
     grid = _grid(ends, k)
     if config is None:
@@ -521,10 +559,12 @@ def sparse_gemv(
             **launch,
         )
 
-    block = max(32, min(1024, 8192 // max_split_p2))
-    _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
-        partials, nsplit, bias if bias is not None else partials, y, m * n, n,
-        HAS_BIAS=bias is not None, MAX_SPLIT=max_split_p2, BLOCK=block,
-        INTERPRET=interpret_mode(), num_warps=4,
-    )  # fmt: skip
+    if workspace is None:
+        max_split_p2 = triton.next_power_of_2(max_splits)
+        block = max(32, min(1024, 8192 // max_split_p2))
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
+            partials, nsplit, bias if has_bias else partials, y, m * n, n,
+            HAS_BIAS=has_bias, MAX_SPLIT=max_split_p2, BLOCK=block,
+            INTERPRET=interpret_mode(), num_warps=4,
+        )  # fmt: skip
     return y

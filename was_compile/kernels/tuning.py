@@ -91,7 +91,7 @@ def tune_shapes(
     from . import switch_points
     from .graph_timing import copies_for, l2_bytes, sequence_ms
     from .reference import sparse_linear_reference
-    from .triton_sparse_gemv import last_autotune_config, sparse_gemv
+    from .triton_sparse_gemv import last_autotune_config, reserve_workspace_for, sparse_gemv
 
     device = torch.device("cuda", torch.cuda.current_device())
     l2 = l2_bytes(device)
@@ -99,6 +99,7 @@ def tune_shapes(
     for n, k in shapes:
         ends = list((segments or {}).get((n, k), [n]))
         w_t = make_weight_t(n, k, dtype, device)
+        reserve_workspace_for(w_t, ends, max(m_values, default=1))  # as the backend does
         # distinct copies: each timed call streams its weights from HBM, as in a decode step
         w_ts = [w_t] + [w_t.clone() for _ in range(copies_for(w_t.nbytes, l2) - 1)]
         w_denses = [w.t().contiguous() for w in w_ts]  # [N, K] for cuBLAS
