@@ -146,20 +146,27 @@ def test_autotuned_matches_reference(m, shape):
 @pytest.mark.parametrize("sb", [0, 2, 3, 4])
 def test_every_candidate_config(mb, sb):
     """Every config the pruner may hand the autotuner for a Llama-3-8B gate|up and an odd
-    shape, run explicitly (so a wrong config cannot hide behind a faster right one)."""
+    shape, run explicitly (so a wrong config cannot hide behind a faster right one), three
+    calls each on fresh inputs: a call that left the atomic reduction's workspace dirty
+    spoils the next one (a race of this kind once showed only on the call after tuning)."""
     from was_compile.kernels.autotune_configs import candidate_configs
 
     for k, ends in [(4096, [14336, 28672]), (1000, [333, 700, 1101])]:
         for i, cfg in enumerate(candidate_configs(tuple(ends), k, mb, sb, 2)):
             kw = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             m = max(1, mb - i % 2)  # both the bucket's top and one row fewer
-            x, w_t, thr, b = _make(m, k, ends, torch.bfloat16, seed=i, sparsity=0.25 * sb)
-            _poison_free_memory()
-            y = _gemv()(x, w_t, thr, ends, b, config=kw)
-            try:
-                check(y, reference(x, w_t, thr, ends, b), x, k)
-            except AssertionError as e:
-                raise AssertionError(f"config {kw}, M={m}, K={k}, ends={ends}: {e}") from None
+            for call in range(3):
+                x, w_t, thr, b = _make(m, k, ends, torch.bfloat16, seed=10 * i + call,
+                                       sparsity=0.25 * sb)  # fmt: skip
+                _poison_free_memory()
+                y = _gemv()(x, w_t, thr, ends, b, config=kw)
+                try:
+                    check(y, reference(x, w_t, thr, ends, b), x, k)
+                except AssertionError as e:
+                    raise AssertionError(
+                        f"config {kw}, M={m}, K={k}, ends={ends}, call {call}: {e}"
+                    ) from None
+            assert _workspace_is_zero(), kw
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -151,6 +151,10 @@ def _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, ws_ptr, ticket_p
         # the last CTA reads the tile's sum from L2 (.cg: not through the SM's L1, which is
         # not coherent with the other SMs' atomics) and leaves zeros behind
         part = tl.load(ws_ptr + idx, mask=mask, other=0.0, cache_modifier=".cg")
+        # Triton may give the zeroing store another thread layout than the load: without this
+        # barrier a thread could zero an element before the thread that loads it has read it
+        # (seen on the H100: 2-warp tiles, first call after tuning, 78% error)
+        tl.debug_barrier()
         tl.store(ws_ptr + idx, tl.zeros_like(part), mask=mask)
         tl.store(ticket_ptr + tl.program_id(0), 0, mask=ticket == nsplit - 1)
     if HAS_BIAS:
