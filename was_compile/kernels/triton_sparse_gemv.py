@@ -527,7 +527,7 @@ def sparse_gemv(
     y = torch.empty((m, n), dtype=x.dtype, device=device)
     workspace = None
     if (reduction if reduction is not None else reduction_mode()) == "atomic":
-        workspace = atomic_workspace(device, m * n, tiles)  # None: captured before reserved
+        workspace = atomic_workspace(device, m * n, tiles)  # None: GPU, none reserved
     if workspace is not None:
         partials, tickets = workspace
         nsplit = tickets  # unused by the atomic epilogue
