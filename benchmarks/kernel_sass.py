@@ -125,20 +125,16 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
     bf16, f32, i32 = (MockTensor(t) for t in (torch.bfloat16, torch.float32, torch.int32))
     e_args = list(ends) + [n] * (MAX_SEGMENTS - len(ends))
     seg_aligned = all(e % 16 == 0 for e in ends)
-    if "ticket_ptr" in fn.arg_names:  # kernel files from 2026-11-24 (atomic split-K reduction)
-        args = (
-            bf16, bf16, f32, f32, i32, i32, i32, bf16, bf16,
-            m, n, k, k, k,
-            *e_args,
-            sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False, True, False,
-        )  # fmt: skip
-    else:
-        args = (
-            bf16, bf16, f32, f32, i32, i32,
-            m, n, k, k, k,
-            *e_args,
-            sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
-        )  # fmt: skip
+    # kernel files from 2026-11-24 on (atomic split-K reduction) take ticket_ptr, bias_ptr,
+    # y_ptr after the scratch pointers and ATOMIC_REDUCE, HAS_BIAS after INTERPRET
+    atomic = "ticket_ptr" in fn.arg_names
+    args = (
+        bf16, bf16, f32, f32, i32, i32, *((i32, bf16, bf16) if atomic else ()),
+        m, n, k, k, k,
+        *e_args,
+        sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
+        *((True, False) if atomic else ()),
+    )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
     for opt in ("PIPE", "WIDE"):  # only passed when set (PIPE: kernel files before 2026-11-23)
         if config.get(opt, 0):

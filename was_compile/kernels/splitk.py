@@ -66,6 +66,14 @@ def reduction_mode() -> str:
     return mode
 
 
+def _reserved(device: torch.device, acc_elems: int, tickets: int):
+    """The device's workspace if it holds ``acc_elems`` values and ``tickets`` counters."""
+    cur = _WORKSPACES.get(device)
+    if cur is not None and cur[0].numel() >= acc_elems and cur[1].numel() >= tickets:
+        return cur
+    return None
+
+
 def reserve_workspace(device: torch.device, acc_elems: int, tickets: int) -> None:
     """Make the zeroed atomic-reduction workspace of ``device`` hold at least ``acc_elems``
     fp32 values (M x N of the largest call) and ``tickets`` counters (column tiles). Allocates
@@ -77,9 +85,9 @@ def reserve_workspace(device: torch.device, acc_elems: int, tickets: int) -> Non
             "was: the split-K workspace cannot be reserved during CUDA-graph capture; reserve "
             "it before capturing (was_compile.kernels.ops.reserve_decode_workspace)"
         )
-    cur = _WORKSPACES.get(device)
-    if cur is not None and cur[0].numel() >= acc_elems and cur[1].numel() >= tickets:
+    if _reserved(device, acc_elems, tickets) is not None:
         return
+    cur = _WORKSPACES.get(device)
     if cur is not None:
         _RETIRED.append(cur)
         acc_elems, tickets = max(acc_elems, cur[0].numel()), max(tickets, cur[1].numel())
@@ -93,11 +101,9 @@ def atomic_workspace(device: torch.device, acc_elems: int, tickets: int):
     """The device's zeroed (fp32 accumulator, int32 tickets) if reserved large enough, else
     None on a GPU (the caller then reduces ``ordered``); on the CPU (interpreter) it is
     reserved here."""
-    cur = _WORKSPACES.get(device)
-    if cur is not None and cur[0].numel() >= acc_elems and cur[1].numel() >= tickets:
+    cur = _reserved(device, acc_elems, tickets)
+    if cur is not None or device.type == "cuda":
         return cur
-    if device.type == "cuda":
-        return None
     reserve_workspace(device, acc_elems, tickets)
     return _WORKSPACES[device]
 
