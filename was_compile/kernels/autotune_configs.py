@@ -14,10 +14,12 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   rows per CTA (64..2048), so the number of K splits is cdiv(K, CHUNK_K) and the loop bound is
   a constexpr (interpreter friendly, fully static loop on the GPU). The grid is
   (column tiles) x (K splits); the pruner ranks configs by the warps they launch (4..64 per
-  SM, best near 24) and keeps those whose fp32 split-K partials stay under ~10% of the weight
-  bytes.
-* USE_DOT: M >= 5 rows (buckets 8, 16) use ``tl.dot`` (mma, x padded to 16 rows): 16 FMAs
-  per weight element on CUDA cores would compete with the memory stream. M = 4 may use the dot
+  SM, best near 24) and keeps those whose fp32 split-K traffic stays under 25% (atomic
+  reduction, into L2) or 10% (ordered reduction, written and read back) of the weight bytes.
+  The dot path also has 64- and 128-channel chunks (small shapes at M = 2-16).
+* USE_DOT: M >= 9 rows (bucket 16) use ``tl.dot`` (mma, x padded to 16 rows): 16 FMAs
+  per weight element on CUDA cores would compete with the memory stream. M = 5-8 may use the
+  dot path or the wide FMA tiles (both are timed); M = 4 may use the dot
   path, the default FMA tiles (one elementwise [BLOCK_K, BLOCK_N] fp32 accumulator per row,
   reduced over K once at the end) or the wide ones (all are timed); M = 1 and 2 use the wide
   FMA tiles only (below).
@@ -32,15 +34,16 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   x / thresholds before the current weight tile is consumed), 3 for the dot path (operands
   go through shared memory with cp.async pipelining).
 
-* WIDE = 1 (``fma_wide.py``, M <= 4): BLOCK_N = 256 columns per warp, every lane holds all
+* WIDE = 1 (``fma_wide.py``, M <= 8): BLOCK_N = 256 columns per warp, every lane holds all
   BLOCK_K rows of its 8 columns (BLOCK_K 16-byte loads in one burst, K summed in-thread).
   Tiles and chunks from the H100 probes of benchmarks/results/tile_probe*.json (kernel_notes.md
   section 8): 1-2 warp CTAs, BLOCK_K 8-32, chunks of 64-256 channels (4-16 steps), i.e. many
   small independent CTAs, ~16-30 warps per SM. Beat the other FMA tiles at every Llama-3-8B
   shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
-  held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
+  held per lane grow with M, so M = 4 keeps BLOCK_K <= 8 and M = 5-8 steps of 4 rows (tiles
+  with BLOCK_K = 4 are offered to that bucket only).
 
-The full list has 144 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
+The full list has 174 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
 key, round robin over the masked, compacting and wide variants, most promising tiles first,
 so first-call tuning of one key costs <= 12 compiles (cached across keys and processes) + 12
 short benchmarks. The ranking counts warps, not CTAs: about 24 warps launched per SM
@@ -67,12 +70,20 @@ import triton.testing
 MAX_SEGMENTS = 8
 # Largest number of rows of x (decode batch) the kernel accepts.
 MAX_M = 16
-# Candidates benchmarked per tuning key after pruning.
+# Candidates benchmarked per tuning key after pruning, and the fewest of each variant
+# (masked / compacting x dot / default FMA / wide tiles) among them.
 MAX_CANDIDATES = 12
+MIN_PER_VARIANT = 2
 # SMs assumed when no CUDA device can be asked (H100 SXM).
 DEFAULT_SM_COUNT = 132
-# Largest fraction of the (dense) weight bytes the fp32 split-K partials may add.
+# Largest fraction of the (dense) weight bytes the fp32 split-K partials may add: ordered
+# reduction (partials written, then read by a second kernel) ...
 MAX_PARTIAL_OVERHEAD = 0.10
+# ... and atomic reduction (each CTA's part is added into an L2-resident workspace, never read
+# back from HBM; counted once). Looser, so that small shapes at M = 2-8 can split K into
+# enough CTAs to fill the SMs (with the 0.10 rule Llama-3.2-1B's o at M = 8 got 64 CTAs); the
+# L2 atomics are not free, so the tuner still times short against long chunks.
+MAX_ATOMIC_OVERHEAD = 0.25
 
 
 # (BLOCK_N, BLOCK_K, num_warps) tiles of the FMA path and of the dot path, most promising
@@ -98,12 +109,17 @@ _DOT_TILES = (
     (128, 128, 8),
 )
 _CHUNKS_K = (256, 512, 1024, 2048)
+# the dot path also gets short chunks: at M = 2-16 on 2k-4k wide shapes, chunks of >= 256
+# channels left fewer CTAs than SMs (kernels.json of 2026-11-24: Llama-3.2-1B o, M = 8)
+_DOT_CHUNKS_K = (64, 128) + _CHUNKS_K
 # WIDE = 1 tiles (BLOCK_N, BLOCK_K, num_warps) and chunks: see the module docstring
 _WIDE_TILES = (
     (256, 16, 1),
     (256, 32, 1),
     (512, 16, 2),
     (256, 8, 1),
+    (256, 4, 1),  # 4-row steps: only the 8-row bucket (x of 8 rows, two steps, per lane)
+    (512, 4, 2),
 )
 _WIDE_CHUNKS_K = (64, 128, 256)
 _FMA_STAGES = (1,)
@@ -181,7 +197,9 @@ def _all_configs(interpret: bool) -> tuple:
                 for stages in _FMA_STAGES:
                     out.append(_make(block_n, block_k, chunk, 0, compact, warps, stages))
         for block_n, block_k, warps in _DOT_TILES:
-            for chunk in _CHUNKS_K:
+            for chunk in _DOT_CHUNKS_K:
+                if chunk < block_k:
+                    continue
                 for stages in _DOT_STAGES:
                     out.append(_make(block_n, block_k, chunk, 1, compact, warps, stages))
     return tuple(out)
@@ -213,7 +231,9 @@ def _fits_registers(kw: dict, warps: int, block_m: int) -> bool:
     union mask of the chunk is built from M rows x CHUNK entries of x held in registers."""
     threads = 32 * warps
     if kw.get("WIDE", 0):  # [BLOCK_N] accumulators; x of BLOCK_K rows (and the next step's)
-        if block_m > 4 or block_m * kw["BLOCK_K"] > 32:
+        if block_m > 8 or block_m * kw["BLOCK_K"] > 32:
+            return False
+        if block_m < 8 and kw["BLOCK_K"] < 8:  # fewer rows of x leave room for longer steps
             return False
     elif not kw["USE_DOT"] and block_m * kw["BLOCK_K"] * kw["BLOCK_N"] > 64 * threads:
         return False
@@ -233,12 +253,13 @@ def column_tiles(segment_ends: tuple, block_n: int) -> int:
 
 
 def _runs_bucket(cfg, mb: int) -> bool:
-    """Whether a config may run M bucket mb: M >= 5 needs the dot path (BLOCK_K >= 16), M = 1
-    the FMA paths, M <= 2 only the wide FMA tiles (they won every M = 1, 2 shape on the H100,
-    tile_probe*.json); and the FMA path's registers must fit."""
+    """Whether a config may run M bucket mb: M = 5-8 the dot path (BLOCK_K >= 16) or the wide
+    tiles, M = 9-16 the dot path only, M = 1 the FMA paths, M <= 2 only the wide FMA tiles
+    (they won every M = 1, 2 shape on the H100, tile_probe*.json); and the FMA path's
+    registers must fit."""
     kw = cfg.kwargs
     use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
-    if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
+    if mb >= 8 and not wide and (not use_dot or kw["BLOCK_K"] < 16):
         return False
     if mb == 1 and use_dot:
         return False
@@ -249,7 +270,14 @@ def _runs_bucket(cfg, mb: int) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _prune_cached(
-    configs: tuple, segment_ends: tuple, k: int, mb: int, sb: int, elem: int, sms: int
+    configs: tuple,
+    segment_ends: tuple,
+    k: int,
+    mb: int,
+    sb: int,
+    elem: int,
+    sms: int,
+    atomic: bool = True,
 ) -> tuple:
     if len(configs) <= 1:
         return configs
@@ -273,9 +301,11 @@ def _prune_cached(
         if kw["BLOCK_N"] > max(64, triton.next_power_of_2(n)):
             continue
         splits = num_k_splits(k, kw)
-        # fp32 partials written + read, relative to the dense weight bytes.
-        overhead = (splits * mb * 4 * 2) / max(1, k * elem)
-        if splits > 1 and overhead > MAX_PARTIAL_OVERHEAD:
+        # split-K traffic relative to the dense weight bytes: fp32 parts added into the L2
+        # workspace (atomic), or written and read back (ordered)
+        passes, cap = (1, MAX_ATOMIC_OVERHEAD) if atomic else (2, MAX_PARTIAL_OVERHEAD)
+        overhead = (splits * mb * 4 * passes) / max(1, k * elem)
+        if splits > 1 and overhead > cap:
             continue
         warps = column_tiles(segment_ends, kw["BLOCK_N"]) * splits * cfg.num_warps
         outside = 0 if lo <= warps <= hi else 1
@@ -301,7 +331,15 @@ def _prune_cached(
     for i in range(max(len(v) for v in by_variant.values())):
         merged += [v[i] for v in by_variant.values() if i < len(v)]
     merged.sort(key=lambda t: t[0])  # stable: in-range CTA counts first
-    return tuple(t[4] for t in merged[:MAX_CANDIDATES])
+    # ... but every variant keeps its best MIN_PER_VARIANT: on small shapes at M = 2-8 the
+    # 1-warp wide CTAs launch fewer than 4 warps per SM and would all rank behind the dot
+    # path's 4-warp tiles, never to be timed (they beat the dot path at M = 1-2).
+    picked = []
+    for lst in by_variant.values():
+        picked += [t for t in merged if t in lst[:MIN_PER_VARIANT]]
+    picked += [t for t in merged if t not in picked]
+    picked = sorted(picked[:MAX_CANDIDATES], key=merged.index)
+    return tuple(t[4] for t in picked)
 
 
 def _segment_ends_from_args(args: dict) -> tuple:
@@ -330,17 +368,21 @@ def prune_configs(configs, named_args, **kwargs):
             int(args["SPARSITY_BUCKET"]),
             int(args["x_ptr"].element_size()),
             _sm_count(),
+            bool(args["ATOMIC_REDUCE"]),
         )
     )
 
 
-def candidate_configs(segment_ends: tuple, k: int, mb: int, sb: int, elem_size: int) -> list:
-    """The configs the autotuner will consider for this shape (same rules as the pruner)."""
+def candidate_configs(
+    segment_ends: tuple, k: int, mb: int, sb: int, elem_size: int, atomic: bool = True
+) -> list:
+    """The configs the autotuner will consider for this shape (same rules as the pruner);
+    ``atomic``: the split-K reduction the calls will use (it bounds the split count)."""
     configs = _all_configs(interpret_mode())
     if len(configs) <= 1:
         return list(configs)
     ends = tuple(segment_ends)
-    return list(_prune_cached(configs, ends, k, mb, sb, elem_size, _sm_count()))
+    return list(_prune_cached(configs, ends, k, mb, sb, elem_size, _sm_count(), atomic))
 
 
 def _short_bench(kernel_call, quantiles):

@@ -28,7 +28,7 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
   weight tile's own layout, reduced over K once after the loop. M >= 5 (and M in {2, 4} where
   the tuner prefers it): ``tl.dot`` with x padded to 16 rows (mma, fp32 accumulation; fp32
   inputs use ``input_precision="ieee"``, not TF32).
-* WIDE = 1 (``fma_wide.py``, M <= 4): tiles of BLOCK_N = 256 columns per warp where every
+* WIDE = 1 (``fma_wide.py``, M <= 8): tiles of BLOCK_N = 256 columns per warp where every
   lane holds all BLOCK_K rows of its 8 columns, K summed in-thread, small CTAs, short chunks;
   COMPACT there runs as many steps as there are kept channels. The fastest path at M <= 2.
 * Reduction across K splits (``splitk.py``): by default every CTA adds its fp32 partial
@@ -288,7 +288,7 @@ def _sparse_gemv_kernel(
         list_ptr = list_base
         count = 0
 
-    if USE_DOT or M_BUCKET > 4:  # the FMA path carries at most 4 rows
+    if USE_DOT or (M_BUCKET > 4 and not WIDE):  # the default FMA tiles carry at most 4 rows
         part = _dot_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
                          offs_n, n_mask, BLOCK_N, BLOCK_K, K_ITERS, COMPACT,
                          INTERPRET)  # fmt: skip
@@ -409,10 +409,10 @@ def _segments_aligned(weight_t: torch.Tensor, ends: tuple) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _workspace_sizes(ends: tuple, k: int, mb: int, sb: int, elem: int) -> tuple:
+def _workspace_sizes(ends: tuple, k: int, mb: int, sb: int, elem: int, atomic: bool) -> tuple:
     """(largest split count, largest compaction scratch in int32 elements, most column tiles)
-    over the configs the autotuner may pick for this shape."""
-    return _sizes_for(candidate_configs(ends, k, mb, sb, elem), ends, k)
+    over the configs the autotuner may pick for this shape and reduction."""
+    return _sizes_for(candidate_configs(ends, k, mb, sb, elem, atomic), ends, k)
 
 
 def _sizes_for(configs, ends: tuple, k: int) -> tuple:
@@ -434,8 +434,15 @@ def reserve_workspace_for(weight_t: torch.Tensor, segment_ends: Sequence[int],
     weight [K, N] with these segments, whatever config the tuner picks. Outside CUDA-graph
     capture (the backend calls it at compile time)."""
     ends = _check_segment_ends(segment_ends, weight_t.shape[1])
-    tiles = max(column_tiles(ends, c.kwargs["BLOCK_N"]) for c in get_autotune_configs())
-    reserve_workspace(weight_t.device, min(max_rows, MAX_M) * weight_t.shape[1], tiles)
+    reserve_workspace(weight_t.device, min(max_rows, MAX_M) * weight_t.shape[1],
+                      _max_column_tiles(ends))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _max_column_tiles(ends: tuple) -> int:
+    """Most column tiles any config of the space launches for these segments (the atomic
+    workspace holds one ticket per column tile)."""
+    return max(column_tiles(ends, c.kwargs["BLOCK_N"]) for c in get_autotune_configs())
 
 
 def _grid(ends: tuple, k: int):
@@ -466,7 +473,7 @@ def sparse_gemv(
     ``sparsity_hint``: expected fraction of dropped channels (e.g. the schedule's target); it
     only selects the autotuning bucket. ``config``: bypass autotuning with explicit meta
     parameters {BLOCK_N, BLOCK_K, K_ITERS, USE_DOT, COMPACT (default 0), WIDE (default 0;
-    1 = the wide FMA tiles for M <= 4, see ``fma_wide``), num_warps,
+    1 = the wide FMA tiles for M <= 8, see ``fma_wide``), num_warps,
     num_stages, maxnreg (optional register cap)} (tests, tuning). With the environment
     variable ``WAS_AUTOTUNE=0`` the pruner's first-ranked config runs untimed (quick checks;
     slower kernels). ``reduction``: how split-K parts are summed, ``"atomic"`` or
@@ -487,21 +494,27 @@ def sparse_gemv(
     seg_aligned = _segments_aligned(weight_t, ends)
     e_args = list(ends) + [n] * (MAX_SEGMENTS - len(ends))
 
+    device = x.device
+    want_atomic = (reduction if reduction is not None else reduction_mode()) == "atomic"
+
+    def workspace_for(tiles: int):  # None on a GPU where none is reserved: ordered reduction
+        return atomic_workspace(device, m * n, tiles) if want_atomic else None
+
     required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
     if config is not None:
         missing = [key for key in required if key not in config]
         if missing:
             _fail(f"config is missing {missing}")
-        if (config["USE_DOT"] or mb > 4) and config["BLOCK_K"] < 16:
-            _fail("config: the dot path (USE_DOT or M > 4) needs BLOCK_K >= 16")
+        wide = int(config.get("WIDE", 0))
+        if (config["USE_DOT"] or (mb > 4 and not wide)) and config["BLOCK_K"] < 16:
+            _fail("config: the dot path (USE_DOT, or M > 4 without WIDE) needs BLOCK_K >= 16")
         meta = {key: int(config[key]) for key in required}
         meta["COMPACT"] = int(config.get("COMPACT", 0))
-        wide = int(config.get("WIDE", 0))
         if wide not in (0, 1):
             _fail(f"config: WIDE must be 0 or 1, got {wide}")
         if wide:  # passed only when set: a config without WIDE launches the other paths
-            if meta["USE_DOT"] or mb > 4:
-                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
+            if meta["USE_DOT"] or mb > 8:
+                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 8")
             meta["WIDE"] = wide
         pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
         if meta["COMPACT"]:
@@ -511,23 +524,25 @@ def sparse_gemv(
                 "config: BLOCK_N, BLOCK_K (and BLOCK_K * K_ITERS with COMPACT) must be powers of 2"
             )
         max_splits, list_size, tiles = _sizes_for([meta], ends, k)
-    elif not autotune_enabled():
-        # WAS_AUTOTUNE=0: the pruner's first-ranked config for this key, no timing runs
-        best = candidate_configs(ends, k, mb, sb, elem)[0]
-        config = {"num_warps": best.num_warps, "num_stages": best.num_stages}
-        if getattr(best, "maxnreg", None):
-            config["maxnreg"] = best.maxnreg
-        meta = dict(best.kwargs)
-        max_splits, list_size, tiles = _sizes_for([meta], ends, k)
+        workspace = workspace_for(tiles)
     else:
-        max_splits, list_size, tiles = _workspace_sizes(ends, k, mb, sb, elem)
+        # the workspace first: whether it exists decides the candidates' split-K bound
+        workspace = workspace_for(_max_column_tiles(ends))
+        atomic = workspace is not None
+        if not autotune_enabled():
+            # WAS_AUTOTUNE=0: the pruner's first-ranked config for this key, no timing runs
+            best = candidate_configs(ends, k, mb, sb, elem, atomic)[0]
+            config = {"num_warps": best.num_warps, "num_stages": best.num_stages}
+            if getattr(best, "maxnreg", None):
+                config["maxnreg"] = best.maxnreg
+            meta = dict(best.kwargs)
+            max_splits, list_size, _ = _sizes_for([meta], ends, k)
+        else:
+            max_splits, list_size, _ = _workspace_sizes(ends, k, mb, sb, elem, atomic)
+    atomic = workspace is not None
 
-    device = x.device
     kept_lists = torch.empty((list_size,), dtype=torch.int32, device=device)
     y = torch.empty((m, n), dtype=x.dtype, device=device)
-    workspace = None
-    if (reduction if reduction is not None else reduction_mode()) == "atomic":
-        workspace = atomic_workspace(device, m * n, tiles)  # None: GPU, none reserved
     if workspace is not None:
         partials, tickets = workspace
         nsplit = tickets  # unused by the atomic epilogue
@@ -542,7 +557,7 @@ def sparse_gemv(
         bias if has_bias else y, y,
         m, n, k, x.stride(0), thresholds.stride(0),
         *e_args,
-        sb, mb, seg_aligned, interpret_mode(), workspace is not None, has_bias,
+        sb, mb, seg_aligned, interpret_mode(), atomic, has_bias,
     )  # fmt: skip
     grid = _grid(ends, k)
     if config is None:
