@@ -434,9 +434,8 @@ def test_split_bound_follows_the_reduction():
     assert max(ac.num_k_splits(k, c.kwargs) for c in ordered) <= 6
 
     def warps(c):
-        return ac.column_tiles(ends, c.kwargs["BLOCK_N"]) * ac.num_k_splits(k, c.kwargs) * (
-            c.num_warps
-        )
+        tiles = ac.column_tiles(ends, c.kwargs["BLOCK_N"])
+        return tiles * ac.num_k_splits(k, c.kwargs) * c.num_warps
 
     assert max(warps(c) for c in ordered) < 4 * 132 <= warps(atomic[0])
 
