@@ -17,9 +17,10 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   SM, best near 24) and keeps those whose fp32 split-K traffic stays under 25% (atomic
   reduction, into L2) or 10% (ordered reduction, written and read back) of the weight bytes.
   The dot path also has 64- and 128-channel chunks (small shapes at M = 2-16).
-* USE_DOT: M >= 9 rows (bucket 16) use ``tl.dot`` (mma, x padded to 16 rows): 16 FMAs
-  per weight element on CUDA cores would compete with the memory stream. M = 5-8 may use the
-  dot path or the wide FMA tiles (both are timed); M = 4 may use the dot
+* USE_DOT: M >= 5 rows (buckets 8, 16) use ``tl.dot`` (mma, x padded to 16 rows): 16 FMAs
+  per weight element on CUDA cores would compete with the memory stream (wide FMA tiles for
+  M = 5-8, rows 4-7 as a second group of four, were tried on the H100 on 2026-11-24 and never
+  won: kernel_notes section 11). M = 4 may use the dot
   path, the default FMA tiles (one elementwise [BLOCK_K, BLOCK_N] fp32 accumulator per row,
   reduced over K once at the end) or the wide ones (all are timed); M = 1 and 2 use the wide
   FMA tiles only (below).
@@ -34,16 +35,15 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   x / thresholds before the current weight tile is consumed), 3 for the dot path (operands
   go through shared memory with cp.async pipelining).
 
-* WIDE = 1 (``fma_wide.py``, M <= 8): BLOCK_N = 256 columns per warp, every lane holds all
+* WIDE = 1 (``fma_wide.py``, M <= 4): BLOCK_N = 256 columns per warp, every lane holds all
   BLOCK_K rows of its 8 columns (BLOCK_K 16-byte loads in one burst, K summed in-thread).
   Tiles and chunks from the H100 probes of benchmarks/results/tile_probe*.json (kernel_notes.md
   section 8): 1-2 warp CTAs, BLOCK_K 8-32, chunks of 64-256 channels (4-16 steps), i.e. many
   small independent CTAs, ~16-30 warps per SM. Beat the other FMA tiles at every Llama-3-8B
   shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
-  held per lane grow with M, so M = 4 keeps BLOCK_K <= 8 and M = 5-8 steps of 4 rows (tiles
-  with BLOCK_K = 4 are offered to that bucket only).
+  held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
 
-The full list has 174 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
+The full list has 162 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
 key, round robin over the masked, compacting and wide variants, most promising tiles first,
 so first-call tuning of one key costs <= 12 compiles (cached across keys and processes) + 12
 short benchmarks. The ranking counts warps, not CTAs: about 24 warps launched per SM
@@ -118,8 +118,6 @@ _WIDE_TILES = (
     (256, 32, 1),
     (512, 16, 2),
     (256, 8, 1),
-    (256, 4, 1),  # 4-row steps: only the 8-row bucket (x of 8 rows, two steps, per lane)
-    (512, 4, 2),
 )
 _WIDE_CHUNKS_K = (64, 128, 256)
 _FMA_STAGES = (1,)
@@ -231,9 +229,7 @@ def _fits_registers(kw: dict, warps: int, block_m: int) -> bool:
     union mask of the chunk is built from M rows x CHUNK entries of x held in registers."""
     threads = 32 * warps
     if kw.get("WIDE", 0):  # [BLOCK_N] accumulators; x of BLOCK_K rows (and the next step's)
-        if block_m > 8 or block_m * kw["BLOCK_K"] > 32:
-            return False
-        if block_m < 8 and kw["BLOCK_K"] < 8:  # fewer rows of x leave room for longer steps
+        if block_m > 4 or block_m * kw["BLOCK_K"] > 32:
             return False
     elif not kw["USE_DOT"] and block_m * kw["BLOCK_K"] * kw["BLOCK_N"] > 64 * threads:
         return False
@@ -253,13 +249,12 @@ def column_tiles(segment_ends: tuple, block_n: int) -> int:
 
 
 def _runs_bucket(cfg, mb: int) -> bool:
-    """Whether a config may run M bucket mb: M = 5-8 the dot path (BLOCK_K >= 16) or the wide
-    tiles, M = 9-16 the dot path only, M = 1 the FMA paths, M <= 2 only the wide FMA tiles
-    (they won every M = 1, 2 shape on the H100, tile_probe*.json); and the FMA path's
-    registers must fit."""
+    """Whether a config may run M bucket mb: M >= 5 needs the dot path (BLOCK_K >= 16), M = 1
+    the FMA paths, M <= 2 only the wide FMA tiles (they won every M = 1, 2 shape on the H100,
+    tile_probe*.json); and the FMA path's registers must fit."""
     kw = cfg.kwargs
     use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
-    if mb >= 8 and not wide and (not use_dot or kw["BLOCK_K"] < 16):
+    if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
         return False
     if mb == 1 and use_dot:
         return False
@@ -386,8 +381,13 @@ def candidate_configs(
 
 
 def _short_bench(kernel_call, quantiles):
-    # Short timing windows: ~12 candidates x ~30 ms per tuning key instead of 12 x 125 ms.
-    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+    """Short timing windows (~12 candidates x ~30 ms per tuning key instead of 12 x 125 ms),
+    each call after a clean eviction of L2 (``graph_timing.evicted_ms``): do_bench's memset
+    flush made every candidate write back 50 MB of dirty lines while it read its weights,
+    which ranked configs differently from decode (kernels.json of 2026-11-24, M = 2-8)."""
+    from .graph_timing import evicted_ms
+
+    return evicted_ms(kernel_call, quantiles=quantiles, warmup_ms=5, rep_ms=25)
 
 
 def autotune_kwargs() -> dict:

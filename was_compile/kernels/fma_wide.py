@@ -26,8 +26,7 @@ H100.)
 Same semantics as the other paths: keep[m, k] = |x[m, k]| > tau[k] compared in fp32, x of a
 dropped entry zeroed per row, the union over rows decides which weight rows are read, fp32
 accumulation. Masked (contiguous channels) and COMPACT (the CTA's kept-channel list) both work.
-Selected by ``WIDE = 1`` in a config; M <= 8 rows (rows 4-7 as a second group of four, with
-BLOCK_K <= 4 so that x of both steps fits the registers).
+Selected by ``WIDE = 1`` in a config; M <= 4 rows.
 """
 
 from __future__ import annotations
@@ -76,25 +75,6 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 
 
 @triton.jit
-def _step_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M: tl.constexpr):
-    """keep union and x (fp32, dropped entries zeroed) of up to 8 rows at channels offs_k:
-    rows 0-3 and, for the 8-row bucket (M = 5..8, so row 4 always exists), rows 4-7 as a
-    second group of four read from x_ptr + 4 rows (its threshold load hits L1)."""
-    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
-    kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
-    x4 = x0
-    x5 = x0
-    x6 = x0
-    x7 = x0
-    if BLOCK_M >= 8:
-        thr, r4, r5, r6, r7 = load_rows(x_ptr + 4 * stride_xm, thr_ptr, offs_k, ok, M - 4,
-                                        stride_xm, 4)  # fmt: skip
-        kept_hi, x4, x5, x6, x7 = keep_rows(thr, r4, r5, r6, r7, 4)
-        kept = kept | kept_hi
-    return kept, x0, x1, x2, x3, x4, x5, x6, x7
-
-
-@triton.jit
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
@@ -122,24 +102,16 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         ACC_N: tl.constexpr = BLOCK_N
     j = tl.arange(0, BLOCK_K)
     offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-    kept, x0, x1, x2, x3, x4, x5, x6, x7 = _step_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm,
-                                                      BLOCK_M)  # fmt: skip
+    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
+    kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     acc0 = tl.zeros([ACC_N], dtype=tl.float32)  # even columns when PACKED
     acc1 = acc0
     acc2 = acc0
     acc3 = acc0
-    acc4 = acc0
-    acc5 = acc0
-    acc6 = acc0
-    acc7 = acc0
     odd0 = acc0  # odd columns when PACKED
     odd1 = acc0
     odd2 = acc0
     odd3 = acc0
-    odd4 = acc0
-    odd5 = acc0
-    odd6 = acc0
-    odd7 = acc0
     if COMPACT:
         steps = tl.cdiv(count, BLOCK_K)
     else:
@@ -151,27 +123,18 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         # are in flight (past the chunk nothing is kept: the last request reads nothing)
         j += BLOCK_K
         offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-        kept, y0, y1, y2, y3, y4, y5, y6, y7 = _step_rows(x_ptr, thr_ptr, offs_k, ok, M,
-                                                          stride_xm, BLOCK_M)  # fmt: skip
+        thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
+        kept, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
         acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)
         if BLOCK_M >= 2:
             acc1, odd1 = _wide_acc(acc1, odd1, x1, w, PACKED, IS_BF16)
         if BLOCK_M >= 4:
             acc2, odd2 = _wide_acc(acc2, odd2, x2, w, PACKED, IS_BF16)
             acc3, odd3 = _wide_acc(acc3, odd3, x3, w, PACKED, IS_BF16)
-        if BLOCK_M >= 8:
-            acc4, odd4 = _wide_acc(acc4, odd4, x4, w, PACKED, IS_BF16)
-            acc5, odd5 = _wide_acc(acc5, odd5, x5, w, PACKED, IS_BF16)
-            acc6, odd6 = _wide_acc(acc6, odd6, x6, w, PACKED, IS_BF16)
-            acc7, odd7 = _wide_acc(acc7, odd7, x7, w, PACKED, IS_BF16)
         x0 = y0
         x1 = y1
         x2 = y2
         x3 = y3
-        x4 = y4
-        x5 = y5
-        x6 = y6
-        x7 = y7
     rows = tl.arange(0, BLOCK_M)[:, None]
     part = tl.where(rows == 0, _wide_out(acc0, odd0, PACKED)[None, :], 0.0)
     if BLOCK_M >= 2:
@@ -179,9 +142,4 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
     if BLOCK_M >= 4:
         part = tl.where(rows == 2, _wide_out(acc2, odd2, PACKED)[None, :], part)
         part = tl.where(rows == 3, _wide_out(acc3, odd3, PACKED)[None, :], part)
-    if BLOCK_M >= 8:
-        part = tl.where(rows == 4, _wide_out(acc4, odd4, PACKED)[None, :], part)
-        part = tl.where(rows == 5, _wide_out(acc5, odd5, PACKED)[None, :], part)
-        part = tl.where(rows == 6, _wide_out(acc6, odd6, PACKED)[None, :], part)
-        part = tl.where(rows == 7, _wide_out(acc7, odd7, PACKED)[None, :], part)
     return part

@@ -28,7 +28,7 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
   weight tile's own layout, reduced over K once after the loop. M >= 5 (and M in {2, 4} where
   the tuner prefers it): ``tl.dot`` with x padded to 16 rows (mma, fp32 accumulation; fp32
   inputs use ``input_precision="ieee"``, not TF32).
-* WIDE = 1 (``fma_wide.py``, M <= 8): tiles of BLOCK_N = 256 columns per warp where every
+* WIDE = 1 (``fma_wide.py``, M <= 4): tiles of BLOCK_N = 256 columns per warp where every
   lane holds all BLOCK_K rows of its 8 columns, K summed in-thread, small CTAs, short chunks;
   COMPACT there runs as many steps as there are kept channels. The fastest path at M <= 2.
 * Reduction across K splits (``splitk.py``): by default every CTA adds its fp32 partial
@@ -288,7 +288,7 @@ def _sparse_gemv_kernel(
         list_ptr = list_base
         count = 0
 
-    if USE_DOT or (M_BUCKET > 4 and not WIDE):  # the default FMA tiles carry at most 4 rows
+    if USE_DOT or M_BUCKET > 4:  # the FMA paths carry at most 4 rows
         part = _dot_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
                          offs_n, n_mask, BLOCK_N, BLOCK_K, K_ITERS, COMPACT,
                          INTERPRET)  # fmt: skip
@@ -473,7 +473,7 @@ def sparse_gemv(
     ``sparsity_hint``: expected fraction of dropped channels (e.g. the schedule's target); it
     only selects the autotuning bucket. ``config``: bypass autotuning with explicit meta
     parameters {BLOCK_N, BLOCK_K, K_ITERS, USE_DOT, COMPACT (default 0), WIDE (default 0;
-    1 = the wide FMA tiles for M <= 8, see ``fma_wide``), num_warps,
+    1 = the wide FMA tiles for M <= 4, see ``fma_wide``), num_warps,
     num_stages, maxnreg (optional register cap)} (tests, tuning). With the environment
     variable ``WAS_AUTOTUNE=0`` the pruner's first-ranked config runs untimed (quick checks;
     slower kernels). ``reduction``: how split-K parts are summed, ``"atomic"`` or
@@ -505,16 +505,16 @@ def sparse_gemv(
         missing = [key for key in required if key not in config]
         if missing:
             _fail(f"config is missing {missing}")
-        wide = int(config.get("WIDE", 0))
-        if (config["USE_DOT"] or (mb > 4 and not wide)) and config["BLOCK_K"] < 16:
-            _fail("config: the dot path (USE_DOT, or M > 4 without WIDE) needs BLOCK_K >= 16")
+        if (config["USE_DOT"] or mb > 4) and config["BLOCK_K"] < 16:
+            _fail("config: the dot path (USE_DOT or M > 4) needs BLOCK_K >= 16")
         meta = {key: int(config[key]) for key in required}
         meta["COMPACT"] = int(config.get("COMPACT", 0))
+        wide = int(config.get("WIDE", 0))
         if wide not in (0, 1):
             _fail(f"config: WIDE must be 0 or 1, got {wide}")
         if wide:  # passed only when set: a config without WIDE launches the other paths
-            if meta["USE_DOT"] or mb > 8:
-                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 8")
+            if meta["USE_DOT"] or mb > 4:
+                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
             meta["WIDE"] = wide
         pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
         if meta["COMPACT"]:
