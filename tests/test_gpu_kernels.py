@@ -142,6 +142,28 @@ def test_autotuned_matches_reference(m, shape):
     check(y, reference(x, w_t, thr, ends, b), x, k)
 
 
+def test_tuner_times_every_candidate_and_caches_the_fastest(tmp_path, monkeypatch):
+    """First call of a key: every candidate timed the way decode runs (sequence over weight
+    copies), the fastest stored on disk and launched; its result matches the reference."""
+    from was_compile.kernels import gemv_tuner
+    from was_compile.kernels import triton_sparse_gemv as tsg
+
+    monkeypatch.setenv("WAS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemv_tuner, "_MEMO", {})
+    monkeypatch.setattr(gemv_tuner, "_LOADED", set())
+    monkeypatch.setattr(tsg, "_CHOSEN", {})
+    k, ends = SHAPES[0]
+    x, w_t, thr, b = _make(1, k, ends, torch.bfloat16, seed=5, sparsity=0.5)
+    mem0 = torch.cuda.memory_allocated()
+    y = _gemv()(x, w_t, thr, ends, b, sparsity_hint=0.5)
+    (entry,) = json.loads(gemv_tuner.cache_path().read_text()).values()
+    timed = [t["us"] for t in entry["timed"] if t["us"] is not None]
+    assert len(timed) >= 2 and entry["us"] == min(timed) and 1 < entry["us"] < 1000
+    assert tsg.last_autotune_config() == entry["config"]
+    check(y, reference(x, w_t, thr, ends, b), x, k)
+    assert torch.cuda.memory_allocated() - mem0 < w_t.nbytes  # the weight copies are freed
+
+
 @pytest.mark.parametrize("mb", [1, 2, 4, 8, 16])
 @pytest.mark.parametrize("sb", [0, 2, 3, 4])
 def test_every_candidate_config(mb, sb):

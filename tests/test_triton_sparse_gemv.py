@@ -305,15 +305,40 @@ def test_gpu_config_space():
     assert all(c.kwargs["USE_DOT"] for c in kept16)
 
 
-def test_autotune_kwargs_cache_results():
-    import inspect
+def test_tuned_call_times_the_candidates_and_runs_the_fastest(tmp_path, monkeypatch):
+    """The tuning path of sparse_gemv with two interpreter-sized candidates and a fake timer
+    that runs each candidate's calls (one per weight copy) before scoring it: the faster
+    one is launched, the result matches the reference, a second call times nothing."""
+    from was_compile.kernels import gemv_tuner
 
-    import triton
+    monkeypatch.setenv("WAS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gemv_tuner, "_MEMO", {})
+    monkeypatch.setattr(gemv_tuner, "_LOADED", set())
+    monkeypatch.setattr(gemv_tuner, "l2_bytes", lambda device: 2_000)
+    monkeypatch.setattr(tsg, "_CHOSEN", {})
+    cands = [{**FMA_CFG, "num_warps": 4}, {**WIDE_CFGS[0]}]
+    monkeypatch.setattr(tsg, "candidate_configs", lambda *a: cands)
+    timed = []
 
-    kw = ac.autotune_kwargs()
-    assert "N" in kw["key"] and "K" in kw["key"] and "M_BUCKET" in kw["key"]
-    has = "cache_results" in inspect.signature(triton.autotune).parameters
-    assert kw.get("cache_results", False) == has
+    def timer(calls_for):
+        def time_ms(cfg):
+            calls = calls_for(cfg)
+            assert len(calls) == 2  # weight 4320 B: it and one copy cover 3 x 2000 B
+            for c in calls:
+                c()
+            timed.append(cfg["BLOCK_N"])
+            return 1.0 if cfg.get("WIDE") else 2.0
+
+        return time_ms
+
+    monkeypatch.setattr(tsg, "sequence_timer", timer)
+    k, ends = 45, [16, 48]
+    x, w_t, thr, b = _make(2, k, ends, torch.bfloat16, seed=81)
+    y = sparse_gemv(x, w_t, thr, ends, b, sparsity_hint=0.5)
+    check(y, reference(x, w_t, thr, ends, b), x, k)
+    assert timed == [64, 32] and tsg.last_autotune_config() == WIDE_CFGS[0]
+    y2 = sparse_gemv(x, w_t, thr, ends, b, sparsity_hint=0.5)  # memoised: nothing timed
+    assert timed == [64, 32] and torch.equal(y, y2)
 
 
 # Segment ends: multiples of 16 (fp16/bf16 weights loaded as int32 column pairs by the wide

@@ -1,4 +1,4 @@
-"""The one place where the autotune configurations of the sparse GEMV kernel are generated.
+"""The one place where the tuning candidates of the sparse GEMV kernel are generated.
 
 How the space was chosen (target: H100 SXM, 132 SMs, ~3.0 TB/s HBM3, 50 MB L2; decode GEMV is
 memory bound, so every choice is about bytes in flight and coalescing, not FLOPs):
@@ -43,28 +43,22 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
   held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
 
-The full list has 162 entries; ``prune_configs`` keeps at most ``MAX_CANDIDATES`` per tuning
-key, round robin over the masked, compacting and wide variants, most promising tiles first,
-so first-call tuning of one key costs <= 12 compiles (cached across keys and processes) + 12
-short benchmarks. The ranking counts warps, not CTAs: about 24 warps launched per SM
-(1-warp wide CTAs and 4-warp tiles alike) is the target.
-
-On-disk cache: Triton >= 3.4 accepts ``cache_results=True`` on ``triton.autotune`` (or
-``TRITON_CACHE_AUTOTUNING=1``): the timings of each tuning key are kept in Triton's cache
-directory, so a second process starts with no tuning. ``autotune_kwargs`` turns it on when the
-installed Triton has it (checked with ``inspect``). No pre_hook/post_hook anywhere: torch.compile
-rejects them, and a config with a pre_hook disables the disk cache.
+The full list has 162 entries; ``candidate_configs`` keeps at most ``MAX_CANDIDATES`` per
+tuning key, round robin over the masked, compacting and wide variants, most promising tiles
+first (and every variant's best ``MIN_PER_VARIANT``), so first-call tuning of one key costs
+<= 12 compiles (cached across keys and processes by Triton) + 12 short timings. The ranking
+counts warps, not CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles
+alike) is the target. The candidates are timed, and the choice cached on disk, by
+``gemv_tuner`` (decode's own protocol; ``triton.autotune`` ranked them differently).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import os
 
 import triton
-import triton.testing
 
 # Segments (sibling linears fused in one launch) the kernel signature can carry.
 MAX_SEGMENTS = 8
@@ -337,37 +331,6 @@ def _prune_cached(
     return tuple(t[4] for t in picked)
 
 
-def _segment_ends_from_args(args: dict) -> tuple:
-    n = int(args["N"])
-    ends = []
-    for i in range(MAX_SEGMENTS):
-        e = int(args[f"E{i}"])
-        ends.append(e)
-        if e >= n:
-            break
-    return tuple(ends)
-
-
-def prune_configs(configs, named_args, **kwargs):
-    """``early_config_prune`` hook (signature of triton >= 3.x: configs, named_args, **kwargs).
-
-    Keeps the configs that suit the path for this M bucket, fit the registers, fill the SMs and
-    keep split-K partial traffic small, ranked by how close the CTA count is to 4 waves."""
-    args = {**named_args, **kwargs}
-    return list(
-        _prune_cached(
-            tuple(configs),
-            _segment_ends_from_args(args),
-            int(args["K"]),
-            int(args["M_BUCKET"]),
-            int(args["SPARSITY_BUCKET"]),
-            int(args["x_ptr"].element_size()),
-            _sm_count(),
-            bool(args["ATOMIC_REDUCE"]),
-        )
-    )
-
-
 def candidate_configs(
     segment_ends: tuple, k: int, mb: int, sb: int, elem_size: int, atomic: bool = True
 ) -> list:
@@ -378,28 +341,3 @@ def candidate_configs(
         return list(configs)
     ends = tuple(segment_ends)
     return list(_prune_cached(configs, ends, k, mb, sb, elem_size, _sm_count(), atomic))
-
-
-def _short_bench(kernel_call, quantiles):
-    """Short timing windows (~12 candidates x ~30 ms per tuning key instead of 12 x 125 ms),
-    each call after a clean eviction of L2 (``graph_timing.evicted_ms``): do_bench's memset
-    flush made every candidate write back 50 MB of dirty lines while it read its weights,
-    which ranked configs differently from decode (kernels.json of 2026-11-24, M = 2-8)."""
-    from .graph_timing import evicted_ms
-
-    return evicted_ms(kernel_call, quantiles=quantiles, warmup_ms=5, rep_ms=25)
-
-
-def autotune_kwargs() -> dict:
-    """Keyword arguments for ``triton.autotune`` besides ``configs``."""
-    params = inspect.signature(triton.autotune).parameters
-    kw = {
-        # + every tensor arg's dtype (Triton)
-        "key": ["N", "K", "M_BUCKET", "SPARSITY_BUCKET", "ATOMIC_REDUCE"],
-        "prune_configs_by": {"early_config_prune": prune_configs},
-    }
-    if "cache_results" in params:  # triton >= 3.4: timings kept on disk across processes
-        kw["cache_results"] = True
-    if "do_bench" in params:
-        kw["do_bench"] = _short_bench
-    return kw

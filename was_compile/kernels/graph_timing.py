@@ -8,9 +8,7 @@ charges every call the write-back of the dirty L2 lines the memset leaves (12-19
 cuBLAS's calls and ours alike; ``benchmarks/kernel_notes.md`` section 9). So ``was tune``
 (switch points) and ``benchmarks/kernels.py`` time a list of calls, one per weight copy,
 captured back to back (:func:`sequence_ms`), with enough copies that none finds its weights in
-L2 (:func:`copies_for`). The autotuner, which can only call one kernel on one set of arguments,
-times each call after reading (not writing) twice the L2 size (:func:`evicted_ms`): the
-operands come from HBM and nothing dirty is left to write back, as in decode.
+L2 (:func:`copies_for`).
 """
 
 from __future__ import annotations
@@ -20,10 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["capture_graph", "l2_bytes", "copies_for", "events_ms", "sequence_ms", "evicted_ms"]
-
-# per device: a buffer of twice the L2 size, read (summed) before each call evicted_ms times
-_EVICTION_BUFFERS: dict = {}
+__all__ = ["capture_graph", "l2_bytes", "copies_for", "events_ms", "sequence_ms"]
 
 
 def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
@@ -91,55 +86,3 @@ def sequence_ms(calls: list[Callable[[], object]], reps: int = 20, rounds: int =
         return events_ms(graph.replay, reps, rounds, warmup=3) / len(calls)
     finally:
         del graph
-
-
-def evicted_ms(
-    fn: Callable[[], object],
-    quantiles: tuple | list | None = None,
-    warmup_ms: float = 5.0,
-    rep_ms: float = 25.0,
-) -> float | list[float]:
-    """Milliseconds of one call of ``fn``, each call timed alone (CUDA events) right after a
-    kernel that reads twice the L2 size of clean data: ``fn``'s operands are evicted to HBM and
-    L2 holds nothing dirty (``triton.testing.do_bench`` instead memsets 256 MB, and the timed
-    call pays for writing it back). ``warmup_ms`` / ``rep_ms``: time spent warming up and
-    measuring (at least 5 measured calls). Returns the median, or the ``quantiles``.
-
-    The signature of ``triton.testing.do_bench`` where the autotuner uses it."""
-    device = torch.cuda.current_device()
-    buf = _EVICTION_BUFFERS.get(device)
-    if buf is None:
-        buf = torch.ones(2 * l2_bytes(torch.device("cuda", device)) // 4, device="cuda")
-        _EVICTION_BUFFERS[device] = buf
-    sink = torch.empty((), device="cuda")
-
-    def evict():
-        torch.sum(buf, dim=0, out=sink)
-
-    fn()
-    torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        evict()
-        fn()
-    end.record()
-    end.synchronize()
-    per_call = max(start.elapsed_time(end) / 5, 1e-3)  # ms, eviction included
-    for _ in range(max(1, int(warmup_ms / per_call))):
-        evict()
-        fn()
-    n = max(5, int(rep_ms / per_call))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for s_ev, e_ev in zip(starts, ends, strict=True):
-        evict()
-        s_ev.record()
-        fn()
-        e_ev.record()
-    torch.cuda.synchronize()
-    times = torch.tensor([s_ev.elapsed_time(e_ev) for s_ev, e_ev in zip(starts, ends, strict=True)])
-    if quantiles is None:
-        return float(times.median())
-    return torch.quantile(times, torch.tensor(list(quantiles))).tolist()

@@ -58,7 +58,6 @@ from .autotune_configs import (
     MAX_M,
     MAX_SEGMENTS,
     autotune_enabled,
-    autotune_kwargs,
     candidate_configs,
     column_tiles,
     get_autotune_configs,
@@ -69,6 +68,14 @@ from .autotune_configs import (
 )
 from .fma_wide import _fma_tile_wide
 from .gemv_rows import keep_rows, load_rows, step_channels
+from .gemv_tuner import (
+    capturing,
+    choose_config,
+    config_dict,
+    sequence_timer,
+    tuning_key,
+    weight_copies,
+)
 from .splitk import (
     REDUCTION_MODES,
     _atomic_splitk_epilogue,
@@ -314,20 +321,48 @@ def _sparse_gemv_kernel(
         tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
 
 
-_sparse_gemv_autotuned = triton.autotune(configs=get_autotune_configs(), **autotune_kwargs())(
-    _sparse_gemv_kernel
-)
+_LAST_CONFIG: list = [None]  # the config of the most recent launch
+# (segment ends, K, M bucket, sparsity bucket, dtype, atomic, device) -> chosen config
+_CHOSEN: dict[tuple, dict] = {}
 
 
 def last_autotune_config() -> dict | None:
-    """The config the autotuned kernel used in its most recent launch (None before any)."""
-    cfg = getattr(_sparse_gemv_autotuned, "best_config", None)
-    if cfg is None:
-        return None
-    out = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-    if getattr(cfg, "maxnreg", None):
-        out["maxnreg"] = cfg.maxnreg
-    return out
+    """The config of the most recent launch, tuned or explicit (None before any)."""
+    cfg = _LAST_CONFIG[0]
+    return dict(cfg) if cfg is not None else None
+
+
+@functools.lru_cache(maxsize=16)
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic) -> dict:
+    """The config of this call's tuning key: chosen once per process (``gemv_tuner``: from
+    its disk cache, else by timing the pruner's candidates as decode runs them); with
+    ``WAS_AUTOTUNE=0`` or a single candidate (interpreter), the first one, untimed."""
+    key = (ends, x.shape[1], mb, sb, x.dtype, atomic, x.device)
+    cfg = _CHOSEN.get(key)
+    if cfg is not None:
+        return cfg
+    candidates = candidate_configs(ends, x.shape[1], mb, sb, x.element_size(), atomic)
+    if len(candidates) == 1 or not autotune_enabled():
+        return config_dict(candidates[0])  # not memoised: WAS_AUTOTUNE may change
+    copies: list = []
+    reduction = "atomic" if atomic else "ordered"
+
+    def calls_for(c: dict) -> list:
+        if not copies:  # made on the first timing only (a cache hit allocates nothing)
+            copies.extend(weight_copies(weight_t))
+        return [functools.partial(sparse_gemv, x, w, thresholds, ends, bias, config=c,
+                                  reduction=reduction) for w in copies]  # fmt: skip
+
+    name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
+    cfg = choose_config(name, candidates, sequence_timer(calls_for))
+    copies.clear()
+    if not capturing():  # a call inside a capture got an untimed pick: not remembered
+        _CHOSEN[key] = cfg
+    return cfg
 
 
 def _fail(msg: str):
@@ -408,13 +443,6 @@ def _segments_aligned(weight_t: torch.Tensor, ends: tuple) -> bool:
     return all(e % 16 == 0 for e in ends) and weight_t.data_ptr() % 16 == 0
 
 
-@functools.lru_cache(maxsize=4096)
-def _workspace_sizes(ends: tuple, k: int, mb: int, sb: int, elem: int, atomic: bool) -> tuple:
-    """(largest split count, largest compaction scratch in int32 elements, most column tiles)
-    over the configs the autotuner may pick for this shape and reduction."""
-    return _sizes_for(candidate_configs(ends, k, mb, sb, elem, atomic), ends, k)
-
-
 def _sizes_for(configs, ends: tuple, k: int) -> tuple:
     max_splits, max_list, max_tiles = 1, 1, 1
     for c in configs:
@@ -490,7 +518,6 @@ def sparse_gemv(
         bias = bias.contiguous()
     mb = m_bucket(m)
     sb = sparsity_bucket(sparsity_hint)
-    elem = x.element_size()
     seg_aligned = _segments_aligned(weight_t, ends)
     e_args = list(ends) + [n] * (MAX_SEGMENTS - len(ends))
 
@@ -501,44 +528,33 @@ def sparse_gemv(
         return atomic_workspace(device, m * n, tiles) if want_atomic else None
 
     required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
-    if config is not None:
-        missing = [key for key in required if key not in config]
-        if missing:
-            _fail(f"config is missing {missing}")
-        if (config["USE_DOT"] or mb > 4) and config["BLOCK_K"] < 16:
-            _fail("config: the dot path (USE_DOT or M > 4) needs BLOCK_K >= 16")
-        meta = {key: int(config[key]) for key in required}
-        meta["COMPACT"] = int(config.get("COMPACT", 0))
-        wide = int(config.get("WIDE", 0))
-        if wide not in (0, 1):
-            _fail(f"config: WIDE must be 0 or 1, got {wide}")
-        if wide:  # passed only when set: a config without WIDE launches the other paths
-            if meta["USE_DOT"] or mb > 4:
-                _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
-            meta["WIDE"] = wide
-        pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
-        if meta["COMPACT"]:
-            pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
-        if any(v < 1 or v & (v - 1) for v in pow2) or meta["K_ITERS"] < 1:
-            _fail(
-                "config: BLOCK_N, BLOCK_K (and BLOCK_K * K_ITERS with COMPACT) must be powers of 2"
-            )
-        max_splits, list_size, tiles = _sizes_for([meta], ends, k)
-        workspace = workspace_for(tiles)
-    else:
+    workspace = None
+    if config is None:
         # the workspace first: whether it exists decides the candidates' split-K bound
         workspace = workspace_for(_max_column_tiles(ends))
-        atomic = workspace is not None
-        if not autotune_enabled():
-            # WAS_AUTOTUNE=0: the pruner's first-ranked config for this key, no timing runs
-            best = candidate_configs(ends, k, mb, sb, elem, atomic)[0]
-            config = {"num_warps": best.num_warps, "num_stages": best.num_stages}
-            if getattr(best, "maxnreg", None):
-                config["maxnreg"] = best.maxnreg
-            meta = dict(best.kwargs)
-            max_splits, list_size, _ = _sizes_for([meta], ends, k)
-        else:
-            max_splits, list_size, _ = _workspace_sizes(ends, k, mb, sb, elem, atomic)
+        config = _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, workspace is not None)
+    missing = [key for key in required if key not in config]
+    if missing:
+        _fail(f"config is missing {missing}")
+    if (config["USE_DOT"] or mb > 4) and config["BLOCK_K"] < 16:
+        _fail("config: the dot path (USE_DOT or M > 4) needs BLOCK_K >= 16")
+    meta = {key: int(config[key]) for key in required}
+    meta["COMPACT"] = int(config.get("COMPACT", 0))
+    wide = int(config.get("WIDE", 0))
+    if wide not in (0, 1):
+        _fail(f"config: WIDE must be 0 or 1, got {wide}")
+    if wide:  # passed only when set: a config without WIDE launches the other paths
+        if meta["USE_DOT"] or mb > 4:
+            _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
+        meta["WIDE"] = wide
+    pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
+    if meta["COMPACT"]:
+        pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
+    if any(v < 1 or v & (v - 1) for v in pow2) or meta["K_ITERS"] < 1:
+        _fail("config: BLOCK_N, BLOCK_K (and BLOCK_K * K_ITERS with COMPACT) must be powers of 2")
+    max_splits, list_size, tiles = _sizes_for([meta], ends, k)
+    if workspace is None:
+        workspace = workspace_for(tiles)
     atomic = workspace is not None
 
     kept_lists = torch.empty((list_size,), dtype=torch.int32, device=device)
@@ -559,20 +575,17 @@ def sparse_gemv(
         *e_args,
         sb, mb, seg_aligned, interpret_mode(), atomic, has_bias,
     )  # fmt: skip
-    grid = _grid(ends, k)
-    if config is None:
-        _sparse_gemv_autotuned[grid](*args)
-    else:
-        launch = {}
-        if config.get("maxnreg") and not interpret_mode():  # register cap (ptxas)
-            launch["maxnreg"] = int(config["maxnreg"])
-        _sparse_gemv_kernel[grid](
-            *args,
-            **meta,
-            num_warps=config.get("num_warps", 4),
-            num_stages=config.get("num_stages", 1),
-            **launch,
-        )
+    launch = {}
+    if config.get("maxnreg") and not interpret_mode():  # register cap (ptxas)
+        launch["maxnreg"] = int(config["maxnreg"])
+    _LAST_CONFIG[0] = config
+    _sparse_gemv_kernel[_grid(ends, k)](
+        *args,
+        **meta,
+        num_warps=config.get("num_warps", 4),
+        num_stages=config.get("num_stages", 1),
+        **launch,
+    )
 
     if workspace is None:
         max_split_p2 = triton.next_power_of_2(max_splits)
