@@ -113,6 +113,8 @@ def test_weight_copies_cover_three_times_l2(monkeypatch):
     assert all(torch.isfinite(c.float()).all() and c.float().std() > 0 for c in copies[1:])
     big = torch.zeros(100, 100)  # 40 kB > 3 x L2: the weight and one more copy
     assert len(gt.weight_copies(big)) == 2
+    tiny = torch.zeros(2)  # 8 bytes: capped at 64 weights
+    assert len(gt.weight_copies(tiny)) == 64
 
 
 def test_config_dict_of_a_triton_config():

@@ -44,12 +44,13 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
 
 The full list has 162 entries; ``candidate_configs`` keeps at most ``MAX_CANDIDATES`` per
-tuning key, round robin over the masked, compacting and wide variants, most promising tiles
-first (and every variant's best ``MIN_PER_VARIANT``), so first-call tuning of one key costs
-<= 12 compiles (cached across keys and processes by Triton) + 12 short timings. The ranking
-counts warps, not CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles
-alike) is the target. The candidates are timed, and the choice cached on disk, by
-``gemv_tuner`` (decode's own protocol; ``triton.autotune`` ranked them differently).
+tuning key and family (few K splits; with the atomic reduction also many: ``_prune_cached``),
+round robin over the masked, compacting and wide variants, most promising tiles first, so
+first-call tuning of one key costs <= 12 compiles at M = 1 and <= 24 at M >= 2 (cached
+across keys and processes by Triton) + as many short timings. The ranking counts warps, not
+CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles alike) is the target.
+The candidates are timed, and the choice cached on disk, by ``gemv_tuner`` (decode's own
+protocol; ``triton.autotune`` ranked them differently).
 """
 
 from __future__ import annotations
@@ -268,6 +269,24 @@ def _prune_cached(
     sms: int,
     atomic: bool = True,
 ) -> tuple:
+    """The candidates: the best MAX_CANDIDATES with few K splits (the split-K partials written
+    and read back stay under 10% of the weight bytes; the only family for the ordered
+    reduction), then, for the atomic reduction, those of the best MAX_CANDIDATES with up to
+    25% of atomics into L2 (short chunks: small shapes, M = 2-8) not already listed.
+
+    Two families rather than one longer ranking: with the atomic bound alone, the short-chunk
+    configs took the places of the long-chunk ones that had won on the H100 (M = 4-8 on
+    Llama-3-8B's q+k+v and o: up to 18% slower, kernels.json runs of 2026-11-24)."""
+    few = _ranked(configs, segment_ends, k, mb, sb, elem, sms, many_splits=False)
+    if not atomic:
+        return few
+    many = _ranked(configs, segment_ends, k, mb, sb, elem, sms, many_splits=True)
+    return few + tuple(c for c in many if c not in few)
+
+
+def _ranked(configs: tuple, segment_ends: tuple, k: int, mb: int, sb: int, elem: int,
+            sms: int, many_splits: bool) -> tuple:  # fmt: skip
+    """One family of candidates (see ``_prune_cached``), most promising first."""
     if len(configs) <= 1:
         return configs
     n = segment_ends[-1]
@@ -289,10 +308,12 @@ def _prune_cached(
             continue
         if kw["BLOCK_N"] > max(64, triton.next_power_of_2(n)):
             continue
+        if use_dot and chunk < _CHUNKS_K[0] and not many_splits:
+            continue
         splits = num_k_splits(k, kw)
         # split-K traffic relative to the dense weight bytes: fp32 parts added into the L2
         # workspace (atomic), or written and read back (ordered)
-        passes, cap = (1, MAX_ATOMIC_OVERHEAD) if atomic else (2, MAX_PARTIAL_OVERHEAD)
+        passes, cap = (1, MAX_ATOMIC_OVERHEAD) if many_splits else (2, MAX_PARTIAL_OVERHEAD)
         overhead = (splits * mb * 4 * passes) / max(1, k * elem)
         if splits > 1 and overhead > cap:
             continue
@@ -324,7 +345,7 @@ def _prune_cached(
     # 1-warp wide CTAs launch fewer than 4 warps per SM and would all rank behind the dot
     # path's 4-warp tiles, never to be timed (they beat the dot path at M = 1-2).
     picked = []
-    for lst in by_variant.values():
+    for lst in by_variant.values() if many_splits else ():
         picked += [t for t in merged if t in lst[:MIN_PER_VARIANT]]
     picked += [t for t in merged if t not in picked]
     picked = sorted(picked[:MAX_CANDIDATES], key=merged.index)

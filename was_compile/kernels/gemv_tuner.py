@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import threading
 import warnings
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .graph_timing import l2_bytes, sequence_ms
+from .graph_timing import copies_for, l2_bytes, sequence_ms
 from .switch_points import table_path
 
 __all__ = [
@@ -83,10 +82,11 @@ def config_dict(cfg) -> dict:
 
 
 def weight_copies(weight_t: torch.Tensor) -> list[torch.Tensor]:
-    """``weight_t`` and random copies of it, together at least three times the L2 size and at
-    least two: no timed call finds its weights in L2. At most one extra weight or ~150 MB on
-    an H100, freed when tuning ends (peak memory of the first call grows by that much)."""
-    need = max(2, math.ceil(3 * l2_bytes(weight_t.device) / max(1, weight_t.nbytes)))
+    """``weight_t`` and random copies of it, together at least three times the L2 size, at
+    least two and at most 64 (a tiny weight stays in L2 whatever is done): no timed call
+    finds its weights in L2. At most one extra weight or ~150 MB on an H100, freed when
+    tuning ends (peak memory of the first call grows by that much)."""
+    need = copies_for(weight_t.nbytes, l2_bytes(weight_t.device), min_copies=2)
     k = weight_t.shape[0]
     out = [weight_t]
     for _ in range(need - 1):

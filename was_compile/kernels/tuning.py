@@ -2,10 +2,11 @@
 
 Each (N, K, M, sparsity) runs the kernel once on the current CUDA device, which makes
 ``gemv_tuner`` time the candidate configs for that tuning key (N, K, M bucket, sparsity bucket,
-dtype, reduction) and store the choice on disk, so later processes start tuned. The chosen config and the time of the tuned kernel are recorded, next to
-dense cuBLAS (``F.linear`` on the [N, K] weight) and the op's masked dense path for the same
-shape, all three timed as decode runs them (``graph_timing.sequence_ms``: back to back in one
-CUDA graph over distinct weight copies, no flush).
+dtype, reduction) and store the choice on disk, so later processes start tuned. The chosen
+config and the time of the tuned kernel are recorded, next to dense cuBLAS (``F.linear`` on
+the [N, K] weight) and the op's masked dense path for the same shape, all three timed as
+decode runs them (``graph_timing.sequence_ms``: back to back in one CUDA graph over distinct
+weight copies, no flush).
 """
 
 from __future__ import annotations
