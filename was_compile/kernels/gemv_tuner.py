@@ -3,10 +3,10 @@
 Why not ``triton.autotune``: it times one call over and over on the same arguments, each after
 ``do_bench``'s 256 MB memset. The memset leaves L2 full of dirty lines that the timed call
 writes back while it reads its weights, and the ranking that comes out is not the ranking in
-a decode step: on the H100 (kernels.json runs of 2026-11-24) its picks at M = 2-8 were up to
-40% slower than other candidates of the same list, and a clean L2 eviction before each call
-(``triton_sparse_gemv`` operands cold, the split-K workspace too, unlike decode) picked worse
-still at M = 1. So each candidate is timed here with ``graph_timing.sequence_ms``, the
+a decode step: on the H100, from the same candidate lists, its picks at M = 2-4 ran up to 14%
+slower than this tuner's (benchmarks/kernel_notes.md section 11), and a clean L2 eviction
+before each call (the operands cold, the split-K workspace too, unlike decode) picked worse
+still at M = 1 (up to 2.6x). So each candidate is timed here with ``graph_timing.sequence_ms``, the
 protocol of ``benchmarks/kernels.py``: calls back to back in one CUDA graph, each on its own
 copy of the weight (random values of the weight's shape and dtype: the time does not depend
 on them), with the call's own x and thresholds (its real sparsity pattern), no flush.
