@@ -284,8 +284,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"{r['N']:>6} {r['K']:>6} {r['M']:>3} {r['sparsity']:>8.2f} {r['time_us']:>8.1f} "
             f"{r['cublas_us']:>8.1f} {r['prefill_us']:>8.1f}  {r['config']}"
         )
+    from .kernels.gemv_tuner import cache_path
     from .kernels.switch_points import switch_rows, table_path
 
+    print(f"kernel configs chosen and saved in {cache_path()}")
     print(f"decode kernel up to M rows, else masked dense (saved in {table_path()}):")
     for (k, ends, bucket), limit in sorted(switch_rows(rows or []).items()):
         print(f"  K={k} segment_ends={list(ends)} sparsity bucket {bucket}: M <= {limit}")
