@@ -528,8 +528,8 @@ def sparse_gemv(
         return atomic_workspace(device, m * n, tiles) if want_atomic else None
 
     required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
-    workspace = None
-    if config is None:
+    tuned = config is None
+    if tuned:
         # the workspace first: whether it exists decides the candidates' split-K bound
         workspace = workspace_for(_max_column_tiles(ends))
         config = _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, workspace is not None)
@@ -553,7 +553,7 @@ def sparse_gemv(
     if any(v < 1 or v & (v - 1) for v in pow2) or meta["K_ITERS"] < 1:
         _fail("config: BLOCK_N, BLOCK_K (and BLOCK_K * K_ITERS with COMPACT) must be powers of 2")
     max_splits, list_size, tiles = _sizes_for([meta], ends, k)
-    if workspace is None:
+    if not tuned:  # an explicit config: its own column tiles bound the tickets it needs
         workspace = workspace_for(tiles)
     atomic = workspace is not None
 
