@@ -1,10 +1,20 @@
-"""What the weight-aware score alone buys: uniform schedules ranked by |x| (TEAL's magnitude),
-by |x_j|·‖W[:, j]‖₁ (WAS, the paper's L1 column norm) and by |x_j|·‖W[:, j]‖₂.
+"""What the weight-aware score alone buys, and what it lacks: uniform schedules ranked by |x|
+(TEAL's magnitude), by |x_j|·‖W[:, j]‖₁ (WAS, the paper's L1 column norm), by |x_j|·‖W[:, j]‖₂,
+and by variants that probe why the column norm can lose to magnitude:
 
-Every site gets the same sparsity (``teal-uniform`` / ``was-uniform``), so no allocation or
-search is involved: the perplexity differences are the score's. Same models, texts and
-evaluation as ``quality.py`` (calibration on *Pride and Prejudice*, perplexity on *Emma*, every
-token sparsified). Writes ``benchmarks/results/score_ablation.json`` and prints a table.
+* ``grad L2``: |x_j|·‖diag(g) W[:, j]‖₂ with g [out] the RMS over calibration tokens of the
+  loss gradient at the site's output: a dropped channel's error weighted by how much each
+  output row matters downstream (post-norms, v -> o, up -> act · down), found by one backward
+  pass, not from the model's structure;
+* ``grad L2 ^ 0.5``: the same weights square-rooted, halfway between magnitude and ``grad L2``;
+* ``+ mean``: the L1 or magnitude thresholds, plus a fixed output bias W·m per site, m [in] the
+  mean of the inputs the thresholds drop (on calibration text, the model sparsified), which
+  removes the systematic part of the error.
+
+Every site gets the same sparsity, so no allocation or search is involved: the perplexity
+differences are the score's. Same models, texts and evaluation as ``quality.py``
+(calibration on *Pride and Prejudice*, perplexity on *Emma*, every token sparsified). Writes
+``benchmarks/results/score_ablation.json`` and prints a table.
 
     python benchmarks/score_ablation.py                       # both models, 40/50/60%
     python benchmarks/score_ablation.py --smoke               # tiny random model (checks it)
@@ -19,17 +29,20 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py
 from quality import MODELS, evaluate, make_smoke_model  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "score_ablation.json"
-SCORES = (  # label, calibration column norm, schedule method
+LIBRARY_SCORES = (  # label, calibration column norm, schedule method (the library's path)
     ("magnitude (teal-uniform)", "l1", "teal-uniform"),
     ("was L1 (was-uniform)", "l1", "was-uniform"),
     ("was L2", "l2", "was-uniform"),
 )
+PROBES = ("grad L2", "grad L2 ^ 0.5", "magnitude + mean", "was L1 + mean")
+SCORES = tuple(label for label, _, _ in LIBRARY_SCORES) + PROBES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +60,113 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def loss_gradient_gains(model, sites, batches) -> dict:
+    """Site name -> RMS over calibration tokens of d(next-token loss)/d(site output), [out]."""
+    import torch
+
+    sums = {s.name: torch.zeros(s.out_features, dtype=torch.float64) for s in sites}
+    outputs: dict = {}
+    tokens = 0
+
+    def keep_output(name):
+        def hook(module, args, out):  # noqa: ANN001
+            out.retain_grad()
+            outputs[name] = out
+
+        return hook
+
+    handles = [model.get_submodule(s.name).register_forward_hook(keep_output(s.name))
+               for s in sites]  # fmt: skip
+    # the weights stay frozen: gradients flow from the embeddings' output onwards
+    emb = model.get_input_embeddings()
+    handles.append(emb.register_forward_hook(lambda m, a, out: out.requires_grad_()))
+    try:
+        with torch.enable_grad():
+            for ids in batches:
+                outputs.clear()
+                model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+                for name, out in outputs.items():
+                    g = out.grad.reshape(-1, out.shape[-1]).double()
+                    sums[name] += g.pow(2).sum(0)
+                tokens += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (v / tokens).sqrt().float() for n, v in sums.items()}
+
+
+def weighted_thresholds(model, sites, batches, weights: dict, sparsities) -> dict:
+    """For channel weights w [in] per site: thresholds tau = t / w [in] with t the
+    ``sparsity`` quantile of |x_j|·w_j on ``batches``, by sparsity then site name."""
+    import torch
+
+    from was_compile.schedules.calibration import LogHistogram
+    from was_compile.schedules.schedule_file import thresholds_from_scalar
+
+    hists = {s.name: LogHistogram() for s in sites}
+
+    def record(name):
+        def hook(module, args):  # noqa: ANN001
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().abs()
+            hists[name].add(x * weights[name])
+
+        return hook
+
+    handles = [model.get_submodule(s.name).register_forward_pre_hook(record(s.name))
+               for s in sites]  # fmt: skip
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {sp: {n: thresholds_from_scalar(hists[n].quantile(sp), weights[n]) for n in hists}
+            for sp in sparsities}  # fmt: skip
+
+
+def dropped_input_means(model, sites, batches, thresholds: dict) -> dict:
+    """Site name -> mean over tokens of the input channels ``thresholds`` zero, [in], with the
+    model sparsified by them (what the site loses on average)."""
+    import torch
+
+    sums = {s.name: torch.zeros(s.in_features, dtype=torch.float64) for s in sites}
+    count = {"tokens": 0}
+
+    def record(name, tau):
+        def hook(module, args):  # noqa: ANN001
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sums[name] += torch.where(x.abs() > tau, 0.0, x).double().sum(0)
+
+        return hook
+
+    handles = [model.get_submodule(s.name).register_forward_pre_hook(
+        record(s.name, thresholds[s.name])) for s in sites]  # fmt: skip
+    from was_compile import masked_inputs
+
+    try:
+        with torch.no_grad(), masked_inputs(model, thresholds):
+            for ids in batches:
+                model(input_ids=ids, use_cache=False)
+                count["tokens"] += ids.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (v / count["tokens"]).float() for n, v in sums.items()}
+
+
+@contextmanager
+def output_biases(model, biases: dict):
+    """Inside the block, each named module's output gets ``biases[name]`` [out] added."""
+    handles = [model.get_submodule(n).register_forward_hook(lambda m, a, out, b=b: out + b)
+               for n, b in biases.items()]  # fmt: skip
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -55,6 +175,7 @@ def main(argv=None) -> int:
     from was_compile import calibrate, make_schedule
     from was_compile.data import load_text, token_windows
     from was_compile.models import load_model
+    from was_compile.schedules.postnorm import weighted_column_norms
 
     torch.set_num_threads(args.threads)
     models, texts = args.models, {"calib": args.calib_text, "eval": args.eval_text}
@@ -69,6 +190,10 @@ def main(argv=None) -> int:
         "device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
         "python": platform.python_version(), "texts": texts, "windows": {
             "calib": args.calib_windows, "eval": args.eval_windows, "seq_len": args.seq_len},
+        "scores": {"grad L2": "|x_j| * ||diag(g) W[:, j]||_2, g = RMS loss gradient at the "
+                   "site's output (calibration text)", "grad L2 ^ 0.5": "|x_j| * "
+                   "||diag(g) W[:, j]||_2 ** 0.5", "+ mean": "the score's thresholds, plus "
+                   "the output bias W m, m = mean dropped input (calibration text, sparsified)"},
         "smoke": args.smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }  # fmt: skip
     rows: list[dict] = []
@@ -83,18 +208,40 @@ def main(argv=None) -> int:
         calib = list(windows(texts["calib"], args.calib_windows).split(4))
         ev = windows(texts["eval"], args.eval_windows)
         cals = {norm: calibrate(model, calib, norm=norm, progress=False) for norm in ("l1", "l2")}
-        dense, _, _ = evaluate(model, ev, None, 4, cals["l1"].sites)
+        sites = cals["l1"].sites
+        gains = loss_gradient_gains(model, sites, calib)
+        grad_l2 = {s.name: weighted_column_norms(s.weight(model), "l2", gains[s.name])
+                   for s in sites}  # fmt: skip
+        probes = {
+            "grad L2": weighted_thresholds(model, sites, calib, grad_l2, args.sparsities),
+            "grad L2 ^ 0.5": weighted_thresholds(
+                model, sites, calib, {n: w.sqrt() for n, w in grad_l2.items()}, args.sparsities
+            ),
+        }
+        dense, _, _ = evaluate(model, ev, None, 4, sites)
         print(f"\n{desc}: dense perplexity {dense:.2f}")
-        print(f"  {'sparsity':>8}  " + "  ".join(f"{label:>26}" for label, _, _ in SCORES))
+        print(f"  {'sparsity':>8}  " + "  ".join(f"{label:>24}" for label in SCORES))
         for s in args.sparsities:
             cells = []
-            for label, norm, method in SCORES:
-                sched = make_schedule(cals[norm], s, method)
-                ppl, achieved, _ = evaluate(model, ev, sched.thresholds, 4, cals[norm].sites)
+            thresholds = {}
+            for label, norm, method in LIBRARY_SCORES:
+                thresholds[label] = make_schedule(cals[norm], s, method).thresholds
+            thresholds.update({label: by_sp[s] for label, by_sp in probes.items()})
+            for label in SCORES:
+                if label.endswith(" + mean"):
+                    base = "magnitude (teal-uniform)" if label.startswith("mag") else (
+                        "was L1 (was-uniform)")  # fmt: skip
+                    th = thresholds[base]
+                    means = dropped_input_means(model, sites, calib, th)
+                    biases = {n.name: n.weight(model).float() @ means[n.name] for n in sites}
+                    with output_biases(model, biases):
+                        ppl, achieved, _ = evaluate(model, ev, th, 4, sites)
+                else:
+                    ppl, achieved, _ = evaluate(model, ev, thresholds[label], 4, sites)
                 rows.append({"model": desc, "source": name, "score": label, "sparsity": s,
                              "ppl": ppl, "dense_ppl": dense,
                              "achieved_sparsity": achieved})  # fmt: skip
-                cells.append(f"{ppl:>17.1f} ({achieved:.1%})")
+                cells.append(f"{ppl:>15.1f} ({achieved:.1%})")
             print(f"  {s:>8.0%}  " + "  ".join(cells), flush=True)
     meta["elapsed_s"] = time.time() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
