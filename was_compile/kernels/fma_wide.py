@@ -34,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .gemv_rows import keep_rows, load_rows, step_channels
+from .gemv_rows import WEIGHT_EVICTION, keep_rows, load_rows, step_channels
 
 __all__ = ["_fma_tile_wide"]
 
@@ -118,7 +118,8 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         steps = K_ITERS
     for _ in range(steps):
         w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
-                    mask=kept[:, None] & q_mask[None, :], other=0)  # fmt: skip
+                    mask=kept[:, None] & q_mask[None, :], other=0,
+                    eviction_policy=WEIGHT_EVICTION)  # fmt: skip
         # the next step's rows are requested and its mask computed while this step's weights
         # are in flight (past the chunk nothing is kept: the last request reads nothing)
         j += BLOCK_K

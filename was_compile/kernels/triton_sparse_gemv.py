@@ -67,7 +67,7 @@ from .autotune_configs import (
     sparsity_bucket,
 )
 from .fma_wide import _fma_tile_wide
-from .gemv_rows import keep_rows, load_rows, step_channels
+from .gemv_rows import WEIGHT_EVICTION, keep_rows, load_rows, step_channels
 from .gemv_tuner import (
     capturing,
     choose_config,
@@ -140,7 +140,8 @@ def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
     offs_k, kept, x0, x1, x2, x3 = _fma_rows(x_ptr, thr_ptr, list_ptr, count, K, stride_xm,
                                              k_start, j, M, BLOCK_M, CHUNK, COMPACT)  # fmt: skip
     w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
-                mask=kept[:, None] & n_mask[None, :], other=0.0)  # fmt: skip
+                mask=kept[:, None] & n_mask[None, :], other=0.0,
+                eviction_policy=WEIGHT_EVICTION)  # fmt: skip
     acc0 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
     acc1 = acc0
     acc2 = acc0
@@ -153,7 +154,8 @@ def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
                                                      stride_xm, k_start, j, M, BLOCK_M, CHUNK,
                                                      COMPACT)  # fmt: skip
         w_next = tl.load(w_ptr + offs_n_k[:, None] * N + offs_n[None, :],
-                         mask=kept_n[:, None] & n_mask[None, :], other=0.0)  # fmt: skip
+                         mask=kept_n[:, None] & n_mask[None, :], other=0.0,
+                         eviction_policy=WEIGHT_EVICTION)  # fmt: skip
         wf = w.to(tl.float32)
         acc0 += x0[:, None] * wf
         if BLOCK_M >= 2:
@@ -198,7 +200,12 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
         keep = (tl.abs(x.to(tl.float32)) > thr[None, :]) & m_mask[:, None]
         row_kept = tl.max(keep.to(tl.int32), axis=0) > 0  # union over the rows
         w_ptrs = w_ptr + offs_k[:, None] * N + offs_n[None, :]
-        w = tl.load(w_ptrs, mask=row_kept[:, None] & n_mask[None, :], other=0.0)
+        w = tl.load(
+            w_ptrs,
+            mask=row_kept[:, None] & n_mask[None, :],
+            other=0.0,
+            eviction_policy=WEIGHT_EVICTION,
+        )
         j += BLOCK_K
         if COMPACT:
             ok = j < count
