@@ -4,14 +4,24 @@ Every case compares with a float64 reference computed from the same (already rou
 Shapes are small (<= 512): the interpreter runs each program instance in numpy.
 """
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or anything importing it) is imported
-
 import importlib
+import os
 
 import pytest
 import torch
+
+if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    # The interpreter is chosen process-wide when a kernel is defined: switching it on here
+    # (and rebuilding the kernel modules below) would make every GPU test collected in the
+    # same process run its kernels in the interpreter, on CUDA tensors, for minutes. There,
+    # test_gpu_kernels.py tests the compiled kernels; this module runs alone with
+    # TRITON_INTERPRET=1 set before Python starts.
+    pytest.skip(
+        "a CUDA device is present: the kernels are tested compiled (-m gpu); run this module "
+        "alone with TRITON_INTERPRET=1 to test them in the interpreter",
+        allow_module_level=True,
+    )
+os.environ["TRITON_INTERPRET"] = "1"  # before triton (or anything importing it) is imported
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot run")
 
