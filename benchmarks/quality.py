@@ -262,9 +262,12 @@ def make_smoke_model(directory: Path) -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate(model, windows, thresholds, batch: int, sites) -> tuple[float, float, dict]:
+def evaluate(
+    model, windows, thresholds, batch: int, sites, dense_prefix: int = 0
+) -> tuple[float, float, dict]:
     """(perplexity, achieved byte-weighted sparsity, per-site measured sparsity) on ``windows``
-    [n, T], every token of every window sparsified with ``thresholds`` (none: dense)."""
+    [n, T], every token of every window sparsified with ``thresholds`` (none: dense), except
+    the first ``dense_prefix`` of each window (a prompt prefilled dense)."""
     import torch
 
     from was_compile import masked_inputs
@@ -272,7 +275,7 @@ def evaluate(model, windows, thresholds, batch: int, sites) -> tuple[float, floa
 
     counts: dict[str, list[int]] = {}
     nll, n = 0.0, 0
-    with torch.no_grad(), masked_inputs(model, thresholds or {}, counts):
+    with torch.no_grad(), masked_inputs(model, thresholds or {}, counts, dense_prefix):
         for ids in windows.split(batch):
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
             nll += float(

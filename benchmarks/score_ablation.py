@@ -9,7 +9,10 @@ and by variants that probe why the column norm can lose to magnitude:
 * ``grad L2 ^ 0.5``: the same weights square-rooted, halfway between magnitude and ``grad L2``;
 * ``+ mean``: the L1 or magnitude thresholds, plus a fixed output bias W·m per site, m [in] the
   mean of the inputs the thresholds drop (on calibration text, the model sparsified), which
-  removes the systematic part of the error.
+  removes the systematic part of the error;
+* ``first token dense``: the magnitude or L1 thresholds with each window's first token left
+  dense (the attention sink every later token reads), as when a one-token prompt is
+  prefilled dense (the backend's default ``prefill="dense"``): not a score, the protocol.
 
 Every site gets the same sparsity, so no allocation or search is involved: the perplexity
 differences are the score's. Same models, texts and evaluation as ``quality.py``
@@ -42,7 +45,8 @@ LIBRARY_SCORES = (  # label, calibration column norm, schedule method (the libra
     ("was L2", "l2", "was-uniform"),
 )
 PROBES = ("grad L2", "grad L2 ^ 0.5", "magnitude + mean", "was L1 + mean")
-SCORES = tuple(label for label, _, _ in LIBRARY_SCORES) + PROBES
+FIRST_DENSE = ("magnitude, first token dense", "was L1, first token dense")
+SCORES = tuple(label for label, _, _ in LIBRARY_SCORES) + PROBES + FIRST_DENSE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -193,7 +197,8 @@ def main(argv=None) -> int:
         "scores": {"grad L2": "|x_j| * ||diag(g) W[:, j]||_2, g = RMS loss gradient at the "
                    "site's output (calibration text)", "grad L2 ^ 0.5": "|x_j| * "
                    "||diag(g) W[:, j]||_2 ** 0.5", "+ mean": "the score's thresholds, plus "
-                   "the output bias W m, m = mean dropped input (calibration text, sparsified)"},
+                   "the output bias W m, m = mean dropped input (calibration text, sparsified)",
+                   "first token dense": "each evaluated window's first token not masked"},
         "smoke": args.smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }  # fmt: skip
     rows: list[dict] = []
@@ -236,6 +241,10 @@ def main(argv=None) -> int:
                     biases = {n.name: n.weight(model).float() @ means[n.name] for n in sites}
                     with output_biases(model, biases):
                         ppl, achieved, _ = evaluate(model, ev, th, 4, sites)
+                elif label in FIRST_DENSE:
+                    base = "magnitude (teal-uniform)" if label.startswith("mag") else (
+                        "was L1 (was-uniform)")  # fmt: skip
+                    ppl, achieved, _ = evaluate(model, ev, thresholds[base], 4, sites, 1)
                 else:
                     ppl, achieved, _ = evaluate(model, ev, thresholds[label], 4, sites)
                 rows.append({"model": desc, "source": name, "score": label, "sparsity": s,

@@ -130,6 +130,29 @@ def test_masked_inputs_zero_below_threshold(model_and_sites):
     assert counts[site.name][0] == counts[site.name][1] > 0
 
 
+@pytest.mark.parametrize("prefix", [1, 3])
+def test_masked_inputs_dense_prefix_leaves_the_first_positions_dense(prefix):
+    """Positions < prefix of every sequence pass unmasked, the rest are masked exactly;
+    counts still cover every position (float64 reference)."""
+    torch.manual_seed(prefix)
+    lin = torch.nn.Linear(24, 10, bias=False)
+    model = torch.nn.Sequential(lin)
+    x = torch.randn(2, 7, 24)
+    tau = torch.rand(24) * 1.2
+    counts: dict[str, list[int]] = {}
+    with torch.no_grad(), masked_inputs(model, {"0": tau}, counts, dense_prefix=prefix):
+        y = model(x)
+    keep = x.abs() > tau
+    keep[:, :prefix, :] = True
+    want = (torch.where(keep, x, 0.0).double() @ lin.weight.double().t()).float()
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5 * 24**0.5)
+    assert counts["0"] == [int((~keep).sum()), x.numel()]
+    assert int((~keep[:, prefix:, :]).sum()) > 0  # the rest was masked at all
+    with pytest.raises(ValueError, match="dense_prefix"):
+        with masked_inputs(model, {"0": tau}, dense_prefix=-1):
+            pass
+
+
 def test_calibration_save_load_round_trip(model_and_sites, tmp_path):
     model, sites = model_and_sites
     cal = calibrate(

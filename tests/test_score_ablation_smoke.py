@@ -17,7 +17,7 @@ def test_score_ablation_smoke(tmp_path):
     finally:
         torch.set_num_threads(threads)  # main sets it for its process; keep the suite's
     doc = json.loads(out.read_text())
-    assert doc["meta"]["smoke"] and len(doc["rows"]) == len(mod.SCORES) == 7
+    assert doc["meta"]["smoke"] and len(doc["rows"]) == len(mod.SCORES) == 9
     assert {r["score"] for r in doc["rows"]} == set(mod.SCORES)
     for r in doc["rows"]:
         assert r["ppl"] > 1 and abs(r["achieved_sparsity"] - 0.5) < 0.1

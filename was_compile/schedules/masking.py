@@ -16,18 +16,30 @@ def masked_inputs(
     model: nn.Module,
     thresholds: dict[str, torch.Tensor],
     counts: dict[str, list[int]] | None = None,
+    dense_prefix: int = 0,
 ) -> Iterator[None]:
     """Inside the block, each named module's input keeps only channels with |x_j| > tau_j.
 
     thresholds: module path -> tau [in_features]. If ``counts`` is given, counts[name]
-    accumulates [zeroed channels, total channels] seen at that module.
+    accumulates [zeroed channels, total channels] seen at that module. ``dense_prefix``: the
+    first positions of every sequence (dimension -2 of inputs [..., T, in_features]) stay
+    dense, as a prompt does when the backend prefills it dense (``prefill="dense"``).
     """
+    if dense_prefix < 0:
+        raise ValueError(f"dense_prefix is a number of positions >= 0, got {dense_prefix}")
     handles = []
 
     def hook_for(name: str, tau: torch.Tensor):
         def hook(module, args):  # noqa: ANN001
             x = args[0]
             keep = x.abs().float() > tau.to(device=x.device, dtype=torch.float32)
+            if dense_prefix:
+                if x.dim() < 2:
+                    raise ValueError(
+                        f"dense_prefix needs inputs [..., T, in_features]; {name} got "
+                        f"{tuple(x.shape)}"
+                    )
+                keep[..., :dense_prefix, :] = True
             if counts is not None:
                 c = counts.setdefault(name, [0, 0])
                 c[0] += int((~keep).sum())
