@@ -49,6 +49,11 @@ FIRST_DENSE = ("magnitude, first token dense", "was L1, first token dense")
 SCORES = tuple(label for label, _, _ in LIBRARY_SCORES) + PROBES + FIRST_DENSE
 
 
+def _library_base(label: str) -> str:
+    """The library score whose thresholds a "+ mean" / "first token dense" probe reuses."""
+    return LIBRARY_SCORES[0][0] if label.startswith("magnitude") else LIBRARY_SCORES[1][0]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), help="names or model paths")
@@ -234,17 +239,14 @@ def main(argv=None) -> int:
             thresholds.update({label: by_sp[s] for label, by_sp in probes.items()})
             for label in SCORES:
                 if label.endswith(" + mean"):
-                    base = "magnitude (teal-uniform)" if label.startswith("mag") else (
-                        "was L1 (was-uniform)")  # fmt: skip
-                    th = thresholds[base]
+                    th = thresholds[_library_base(label)]
                     means = dropped_input_means(model, sites, calib, th)
                     biases = {n.name: n.weight(model).float() @ means[n.name] for n in sites}
                     with output_biases(model, biases):
                         ppl, achieved, _ = evaluate(model, ev, th, 4, sites)
                 elif label in FIRST_DENSE:
-                    base = "magnitude (teal-uniform)" if label.startswith("mag") else (
-                        "was L1 (was-uniform)")  # fmt: skip
-                    ppl, achieved, _ = evaluate(model, ev, thresholds[base], 4, sites, 1)
+                    th = thresholds[_library_base(label)]
+                    ppl, achieved, _ = evaluate(model, ev, th, 4, sites, dense_prefix=1)
                 else:
                     ppl, achieved, _ = evaluate(model, ev, thresholds[label], 4, sites)
                 rows.append({"model": desc, "source": name, "score": label, "sparsity": s,
