@@ -112,6 +112,13 @@ def parse_args(argv=None):
     p.add_argument("--search-text", default="austen:Persuasion")
     p.add_argument("--eval-text", default="austen:Emma")
     p.add_argument(
+        "--dense-prefix",
+        type=int,
+        default=0,
+        help="positions of every window left dense in search and evaluation (a prompt "
+        "prefilled dense, as the backend does; 0: every token sparsified)",
+    )
+    p.add_argument(
         "--greedy-tokens",
         type=int,
         default=256,
@@ -263,11 +270,12 @@ def make_smoke_model(directory: Path) -> tuple[str, dict[str, str]]:
 
 
 def evaluate(
-    model, windows, thresholds, batch: int, sites, dense_prefix: int = 0
+    model, windows, thresholds, batch: int, sites, dense_prefix: int | None = None
 ) -> tuple[float, float, dict]:
     """(perplexity, achieved byte-weighted sparsity, per-site measured sparsity) on ``windows``
     [n, T], every token of every window sparsified with ``thresholds`` (none: dense), except
-    the first ``dense_prefix`` of each window (a prompt prefilled dense)."""
+    the first ``dense_prefix`` of each window (a prompt prefilled dense; None: the
+    enclosing ``dense_prompt``'s)."""
     import torch
 
     from was_compile import masked_inputs
@@ -492,6 +500,8 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
     calib_s = time.time() - t
     fp = sites_fingerprint(sites)
     og = "-og" if cal.gains else ""  # output-norm gains folded into the column norms
+    dp = f"-dp{args.dense_prefix}" if args.dense_prefix else ""
+    og += dp  # searches measured after a dense prompt are cached apart
     dense_ppl, _, _ = evaluate(model, windows["eval"], None, args.batch, sites)
     log(
         f"calibration {calib_s:.0f} s on {data['calib']['tokens']} tokens; "
@@ -524,6 +534,7 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
             "greedy_max_step": args.greedy_max_step,
             "greedy_error_fraction": args.greedy_error_fraction,
             "greedy_lazy": args.greedy_lazy,
+            "dense_prefix": args.dense_prefix,
             "refine": args.refine,
             "threads": args.threads,
             "command": " ".join(sys.argv),
@@ -540,7 +551,7 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
             f"greedy-{key}-{fp}-{score}-c{args.calib_windows}x{args.seq_len}"
             f"-t{args.greedy_tokens}-b{args.greedy_step}-m{args.greedy_max}"
             f"-s{args.greedy_max_step}-f{args.greedy_error_fraction}"
-            f"-{'lazy' if args.greedy_lazy else 'full'}-pt{og if score == 'was' else ''}.json"
+            f"-{'lazy' if args.greedy_lazy else 'full'}-pt{og if score == 'was' else dp}.json"
         )
         t = time.time()
         if path.is_file():
@@ -765,7 +776,12 @@ def main(argv=None) -> int:
         log("warning: calibration, search and evaluation texts are not all different")
 
     meta = {
-        "benchmark": "perplexity of sparsity schedules, every token sparsified (eager masking)",
+        "benchmark": "perplexity of sparsity schedules, every token sparsified (eager masking)"
+        if not args.dense_prefix
+        else f"perplexity of sparsity schedules, each window's first {args.dense_prefix} "
+        "position(s) dense (a prompt prefilled dense) in search and evaluation, every later "
+        "token sparsified (eager masking)",
+        "dense_prefix": args.dense_prefix,
         "device": f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, shared; torch threads "
         f"{args.threads}",
         "torch": torch.__version__,
@@ -811,13 +827,16 @@ def main(argv=None) -> int:
         "runs": [" ".join(sys.argv)],
         "note": "per-model protocol settings (trials, greedy) are under models[...]['settings']",
     }
+    from was_compile import dense_prompt
+
     results = Results(args.out, meta, args.merge)
     try:
         if args.jobs > 1 and len(names) > 1:
             run_parallel(args, names, results, log, argv)
         else:
             for name in names:
-                run_model(args, name, texts, results, log)
+                with dense_prompt(args.dense_prefix):
+                    run_model(args, name, texts, results, log)
                 gc.collect()
     finally:
         meta["elapsed_s"] = time.time() - t_start

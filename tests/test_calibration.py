@@ -9,7 +9,7 @@ import transformers as T
 
 import was_compile
 from was_compile.schedules.calibration import Calibration, calibrate
-from was_compile.schedules.masking import masked_inputs, measured_sparsity
+from was_compile.schedules.masking import dense_prompt, masked_inputs, measured_sparsity
 
 VOCAB = 96
 
@@ -150,6 +150,35 @@ def test_masked_inputs_dense_prefix_leaves_the_first_positions_dense(prefix):
     assert int((~keep[:, prefix:, :]).sum()) > 0  # the rest was masked at all
     with pytest.raises(ValueError, match="dense_prefix"):
         with masked_inputs(model, {"0": tau}, dense_prefix=-1):
+            pass
+
+
+def test_dense_prompt_sets_the_prefix_of_masked_inputs_inside_it_only():
+    """dense_prompt(n) is the default dense_prefix of every masked_inputs inside it; an
+    explicit dense_prefix wins; outside, every position is masked again."""
+    torch.manual_seed(5)
+    lin = torch.nn.Linear(16, 6, bias=False)
+    model = torch.nn.Sequential(lin)
+    x = torch.randn(3, 5, 16)
+    tau = torch.rand(16)
+
+    def run(**kwargs):
+        with torch.no_grad(), masked_inputs(model, {"0": tau}, **kwargs):
+            return model(x)
+
+    def want(prefix: int) -> torch.Tensor:
+        keep = x.abs() > tau
+        keep[:, :prefix, :] = True
+        return (torch.where(keep, x, 0.0).double() @ lin.weight.double().t()).float()
+
+    tol = {"rtol": 1e-5, "atol": 1e-5 * 16**0.5}
+    with dense_prompt(2):
+        torch.testing.assert_close(run(), want(2), **tol)
+        torch.testing.assert_close(run(dense_prefix=0), want(0), **tol)
+    torch.testing.assert_close(run(), want(0), **tol)
+    assert (want(2) - want(0)).abs().max() > 1e-3  # the prefix changes the output at all
+    with pytest.raises(ValueError, match="dense_prompt"):
+        with dense_prompt(-1):
             pass
 
 

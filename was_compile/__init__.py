@@ -12,7 +12,7 @@ from . import kernels as _kernels  # noqa: F401  (registers torch.ops.was.*)
 from .errors import InferenceOnlyError, MissingScheduleError, ScheduleMismatchError, WasError
 from .schedules.calibration import Calibration, calibrate
 from .schedules.greedy import GreedyTrajectories, greedy_trajectories
-from .schedules.masking import masked_inputs, measured_sparsity
+from .schedules.masking import dense_prompt, masked_inputs, measured_sparsity
 from .schedules.methods import make_schedule
 from .schedules.refine import refine_schedule
 from .schedules.schedule_file import Schedule
@@ -31,6 +31,7 @@ __all__ = [
     "WasError",
     "__version__",
     "calibrate",
+    "dense_prompt",
     "find_sites",
     "greedy_trajectories",
     "make_schedule",

@@ -6,9 +6,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
+
+# positions every masked_inputs block leaves dense when not told (see dense_prompt)
+_DENSE_PREFIX: ContextVar[int] = ContextVar("was_dense_prefix", default=0)
+
+
+@contextmanager
+def dense_prompt(positions: int) -> Iterator[None]:
+    """Inside the block, every ``masked_inputs`` that is not given ``dense_prefix`` leaves the
+    first ``positions`` of each sequence dense: a whole search (greedy, sensitivities, TPE,
+    refinement, evaluation) then measures decoding after a prompt of that length prefilled
+    dense, the backend's default (``prefill="dense"``), without a parameter in each of them."""
+    if positions < 0:
+        raise ValueError(f"dense_prompt takes a number of positions >= 0, got {positions}")
+    token = _DENSE_PREFIX.set(positions)
+    try:
+        yield
+    finally:
+        _DENSE_PREFIX.reset(token)
 
 
 @contextmanager
@@ -16,15 +35,18 @@ def masked_inputs(
     model: nn.Module,
     thresholds: dict[str, torch.Tensor],
     counts: dict[str, list[int]] | None = None,
-    dense_prefix: int = 0,
+    dense_prefix: int | None = None,
 ) -> Iterator[None]:
     """Inside the block, each named module's input keeps only channels with |x_j| > tau_j.
 
     thresholds: module path -> tau [in_features]. If ``counts`` is given, counts[name]
-    accumulates [zeroed channels, total channels] seen at that module. ``dense_prefix``: the
-    first positions of every sequence (dimension -2 of inputs [..., T, in_features]) stay
-    dense, as a prompt does when the backend prefills it dense (``prefill="dense"``).
+    accumulates [zeroed channels, total channels] seen at that module (dense-prefix positions
+    count as kept). ``dense_prefix``: the first positions of every sequence (dimension -2 of
+    inputs [..., T, in_features]) stay dense, as a prompt does when the backend prefills it
+    dense (``prefill="dense"``); None: the enclosing :func:`dense_prompt`'s, else 0.
     """
+    if dense_prefix is None:
+        dense_prefix = _DENSE_PREFIX.get()
     if dense_prefix < 0:
         raise ValueError(f"dense_prefix is a number of positions >= 0, got {dense_prefix}")
     handles = []
