@@ -1,8 +1,9 @@
 """Markdown tables and target checks from the committed benchmark results.
 
-Reads ``benchmarks/results/{kernels,decode,quality}.json`` (whichever exist) and prints the
-tables the README quotes, each with the device and versions of its run and a PASS/FAIL line
-per target of the issues. Nothing is measured here; every figure is copied from the JSON.
+Reads ``benchmarks/results/{kernels,decode,quality,quality_dense_prompt}.json`` (whichever
+exist) and prints the tables the README quotes, each with the device and versions of its run
+and a PASS/FAIL line per target of the issues. Nothing is measured here; every figure is
+copied from the JSON.
 
     python benchmarks/summarize.py                 # print
     python benchmarks/summarize.py --out benchmarks/results/summary.md
@@ -168,13 +169,30 @@ def decode_section(data: dict) -> list[str]:
 
 def quality_section(data: dict) -> list[str]:
     meta, rows = data["meta"], data["rows"]
+    prefix = meta.get("dense_prefix", 0)
+    if prefix:
+        title = (
+            f"### Quality after a dense prompt (`benchmarks/quality.py --dense-prefix {prefix}`)"
+        )
+        protocol = (
+            f"Each window's first {prefix} token(s) dense in search and evaluation (a prompt "
+            "prefilled dense, the backend's default), every later token sparsified; in "
+            "brackets the byte-weighted sparsity achieved on the evaluation text, the dense "
+            "token(s) counted as kept."
+        )
+    else:
+        title = "### Quality (`benchmarks/quality.py`)"
+        protocol = (
+            "Perplexity with every evaluated token sparsified; in brackets the byte-weighted "
+            "sparsity achieved on the evaluation text."
+        )
     out = [
-        "### Quality (`benchmarks/quality.py`)",
+        title,
         "",
         f"{meta['device']}, torch {meta['torch']}, {meta['dtype']}. Texts: "
         + ", ".join(f"{k} {v}" for k, v in meta["texts"].items())
-        + ". Perplexity with every evaluated token sparsified; in brackets the byte-weighted "
-        "sparsity achieved on the evaluation text.",
+        + ". "
+        + protocol,
         "",
     ]
     methods = ["dense", "teal-uniform", "teal", "was-uniform", "was-greedy", "was-tpe"]
@@ -229,8 +247,9 @@ def main(argv=None) -> int:
         ("kernels", kernels_section),
         ("decode", decode_section),
         ("quality", quality_section),
+        ("quality_dense_prompt", quality_section),
     ):
-        data = _load(name) if args.only in (None, name) else None
+        data = _load(name) if args.only in (None, name.split("_")[0]) else None
         if data is not None:
             lines += section(data)
     text = "\n".join(lines)

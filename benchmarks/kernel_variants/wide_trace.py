@@ -1,0 +1,148 @@
+# ruff: noqa: E501
+"""Kernel variant for benchmarks/gemv_timeline.py (kernel_notes.md section 13): the wide FMA
+tile of ``was_compile/kernels/fma_wide.py`` (masked mode only) with a trace. Each CTA writes
+int64 [%globaltimer at the tile's start, %globaltimer after its loop, %smid, kept rows] to
+``list_ptr`` (unused in masked mode; the probe passes a buffer of 4 per CTA). Absolute
+imports, so the probe can load it in place of the package module.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from was_compile.kernels.gemv_rows import WEIGHT_EVICTION, keep_rows, load_rows, step_channels
+
+__all__ = ["_fma_tile_wide"]
+
+
+@triton.jit
+def _globaltimer():
+    return tl.inline_asm_elementwise(
+        "mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1
+    )
+
+
+@triton.jit
+def _smid():
+    return tl.inline_asm_elementwise(
+        "mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _unpack_pair(v, IS_BF16: tl.constexpr):
+    """int32 holding two 16-bit values (element 2i in the low half) -> both in fp32."""
+    if IS_BF16:
+        lo = (v << 16).to(tl.float32, bitcast=True)
+        hi = (v & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo = v.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (v >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _wide_acc(acc, odd, x, w, PACKED: tl.constexpr, IS_BF16: tl.constexpr):
+    """acc (+ odd) += sum over the step's rows of x[k] * w[k, :]; PACKED: w holds column pairs
+    as int32 (even columns into acc, odd ones into odd: one instruction per value to unpack)."""
+    if PACKED:
+        lo, hi = _unpack_pair(w, IS_BF16)
+        acc += tl.sum(x[:, None] * lo, axis=0)
+        odd += tl.sum(x[:, None] * hi, axis=0)
+    else:
+        acc += tl.sum(x[:, None] * w.to(tl.float32), axis=0)
+    return acc, odd
+
+
+@triton.jit
+def _wide_out(acc, odd, PACKED: tl.constexpr):
+    """The [BLOCK_N] row of partial sums (PACKED: even and odd columns interleaved)."""
+    if PACKED:
+        out = tl.interleave(acc, odd)
+    else:
+        out = acc
+    return out
+
+
+@triton.jit
+def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
+                   n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
+                   SEG_ALIGNED: tl.constexpr):  # fmt: skip
+    """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
+    chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
+
+    COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
+    instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
+    of 16 are loaded as int32 column pairs (PACKED)."""
+    CHUNK: tl.constexpr = BLOCK_K * K_ITERS
+    t_start = _globaltimer()
+    n_kept = tl.zeros([], dtype=tl.int32)
+    PACKED: tl.constexpr = SEG_ALIGNED and w_ptr.dtype.element_ty != tl.float32
+    IS_BF16: tl.constexpr = w_ptr.dtype.element_ty == tl.bfloat16
+    if PACKED:  # int32 view: column pairs (segment starts and ends are even)
+        wq = w_ptr.to(tl.pointer_type(tl.int32))
+        NQ = N // 2
+        offs_q = tl.multiple_of(n0 // 2, 8) + tl.arange(0, BLOCK_N // 2)
+        q_mask = offs_q < tl.multiple_of(n_end // 2, 8)
+        ACC_N: tl.constexpr = BLOCK_N // 2
+    else:
+        wq = w_ptr
+        NQ = N
+        offs_q = n0 + tl.arange(0, BLOCK_N)
+        q_mask = offs_q < n_end
+        ACC_N: tl.constexpr = BLOCK_N
+    j = tl.arange(0, BLOCK_K)
+    offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
+    kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
+    acc0 = tl.zeros([ACC_N], dtype=tl.float32)  # even columns when PACKED
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    odd0 = acc0  # odd columns when PACKED
+    odd1 = acc0
+    odd2 = acc0
+    odd3 = acc0
+    if COMPACT:
+        steps = tl.cdiv(count, BLOCK_K)
+    else:
+        steps = K_ITERS
+    for _ in range(steps):
+        w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
+                    mask=kept[:, None] & q_mask[None, :], other=0,
+                    eviction_policy=WEIGHT_EVICTION)  # fmt: skip
+        # the next step's rows are requested and its mask computed while this step's weights
+        # are in flight (past the chunk nothing is kept: the last request reads nothing)
+        j += BLOCK_K
+        offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+        thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
+        kept, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
+        n_kept += tl.sum((x0 != 0.0).to(tl.int32))
+        acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)
+        if BLOCK_M >= 2:
+            acc1, odd1 = _wide_acc(acc1, odd1, x1, w, PACKED, IS_BF16)
+        if BLOCK_M >= 4:
+            acc2, odd2 = _wide_acc(acc2, odd2, x2, w, PACKED, IS_BF16)
+            acc3, odd3 = _wide_acc(acc3, odd3, x3, w, PACKED, IS_BF16)
+        x0 = y0
+        x1 = y1
+        x2 = y2
+        x3 = y3
+    t_loop = _globaltimer()
+    trace = list_ptr.to(tl.pointer_type(tl.int64)) + 4 * (
+        tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    )
+    tl.store(trace, t_start)
+    tl.store(trace + 1, t_loop)
+    tl.store(trace + 2, _smid().to(tl.int64))
+    tl.store(trace + 3, n_kept.to(tl.int64))
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    part = tl.where(rows == 0, _wide_out(acc0, odd0, PACKED)[None, :], 0.0)
+    if BLOCK_M >= 2:
+        part = tl.where(rows == 1, _wide_out(acc1, odd1, PACKED)[None, :], part)
+    if BLOCK_M >= 4:
+        part = tl.where(rows == 2, _wide_out(acc2, odd2, PACKED)[None, :], part)
+        part = tl.where(rows == 3, _wide_out(acc3, odd3, PACKED)[None, :], part)
+    return part
