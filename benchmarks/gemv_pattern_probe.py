@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -82,6 +83,11 @@ def main(argv=None) -> int:
         help="run this case's kernel 5 times in an NVTX range 'probe' (ncu), exit",
     )
     p.add_argument("--cublas", action="store_true", help="with --ncu: F.linear, not ours")
+    p.add_argument(
+        "--variants",
+        default="[{}]",
+        help="JSON list of changes to each shape's config, each timed: '[{}, {\"DYNAMIC\": 1}]'",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/gemv_pattern_probe.json"))
     args = p.parse_args(argv)
 
@@ -140,28 +146,32 @@ def main(argv=None) -> int:
         ws = [w.t().contiguous() for w in w_ts[: max(4, copies // 2)]]
         cublas_us = sequence_ms([functools.partial(F.linear, x, w) for w in ws]) * 1e3
         del ws
-        for pattern in args.patterns:
+        for pattern, change in itertools.product(args.patterns, json.loads(args.variants)):
+            c = {**cfg, **change}
             thr = pattern_thresholds(x, thr0, sp, pattern)
             ref, kept_bytes, union = masked_reference(x, thr, w_ts[0], ends)
-            y = sparse_gemv(x, w_ts[0], thr, ends, config=cfg)
+            y = sparse_gemv(x, w_ts[0], thr, ends, config=c)
             err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-            calls = [functools.partial(sparse_gemv, x, w, thr, ends, config=cfg) for w in w_ts]
+            calls = [functools.partial(sparse_gemv, x, w, thr, ends, config=c) for w in w_ts]
             us = sequence_ms(calls) * 1e3
+            y = sparse_gemv(x, w_ts[0], thr, ends, config=c)  # after the replays: still right
+            err = max(err, ((y.float() - ref).abs().max() / ref.abs().max()).item())
             limit_us = kept_bytes / copy_bw * 1e6
             rows.append({"shape": shape, "K": k, "N": n, "sparsity": sp, "pattern": pattern,
-                         "union_kept": union, "config": cfg, "us": us, "limit_us": limit_us,
+                         "union_kept": union, "config": c, "us": us, "limit_us": limit_us,
                          "fraction_of_limit": limit_us / us, "cublas_us": cublas_us,
                          "speedup_vs_cublas": cublas_us / us, "max_rel_err": err,
                          "weight_copies": copies})  # fmt: skip
+            tag = "".join(f" {key}={v}" for key, v in change.items())
             print(f"{shape:<8}{sp:>5.0%} {pattern:<13}{union:>6.3f}{us:>8.1f}{limit_us:>8.1f}"
-                  f"{limit_us / us:>6.0%}{cublas_us:>8.1f}{cublas_us / us:>6.2f}{err:>9.1e}",
-                  flush=True)  # fmt: skip
+                  f"{limit_us / us:>6.0%}{cublas_us:>8.1f}{cublas_us / us:>6.2f}{err:>9.1e}"
+                  f"{tag}", flush=True)  # fmt: skip
         del w_ts
         torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
             "command": " ".join(sys.argv), "timing": "sequence protocol (kernels.py), M = 1, "
-            "bf16, one fixed config per shape"}  # fmt: skip
+            "bf16, one config per shape and variant"}  # fmt: skip
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
     return 0
