@@ -25,8 +25,7 @@ H100.)
 
 Same semantics as the other paths: keep[m, k] = |x[m, k]| > tau[k] compared in fp32, x of a
 dropped entry zeroed per row, the union over rows decides which weight rows are read, fp32
-accumulation. Masked (contiguous channels) and COMPACT (the CTA's kept-channel list) both work;
-masked tiles can also take their steps from a per-tile counter (DYNAMIC).
+accumulation. Masked (contiguous channels) and COMPACT (the CTA's kept-channel list) both work.
 Selected by ``WIDE = 1`` in a config; M <= 4 rows.
 """
 
@@ -66,19 +65,6 @@ def _wide_acc(acc, odd, x, w, PACKED: tl.constexpr, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _wide_acc_rows(acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3, x0, x1, x2, x3, w,
-                   BLOCK_M: tl.constexpr, PACKED: tl.constexpr, IS_BF16: tl.constexpr):  # fmt: skip
-    """_wide_acc for each of the BLOCK_M rows (1, 2 or 4) of one step."""
-    acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)
-    if BLOCK_M >= 2:
-        acc1, odd1 = _wide_acc(acc1, odd1, x1, w, PACKED, IS_BF16)
-    if BLOCK_M >= 4:
-        acc2, odd2 = _wide_acc(acc2, odd2, x2, w, PACKED, IS_BF16)
-        acc3, odd3 = _wide_acc(acc3, odd3, x3, w, PACKED, IS_BF16)
-    return acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3
-
-
-@triton.jit
 def _wide_out(acc, odd, PACKED: tl.constexpr):
     """The [BLOCK_N] row of partial sums (PACKED: even and odd columns interleaved)."""
     if PACKED:
@@ -91,21 +77,14 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 @triton.jit
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr, SEG_ALIGNED: tl.constexpr,
-                   ctr_ptr, DYNAMIC: tl.constexpr):  # fmt: skip
+                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
+                   SEG_ALIGNED: tl.constexpr):  # fmt: skip
     """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
     chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
 
     COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
     instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
-    of 16 are loaded as int32 column pairs (PACKED).
-
-    DYNAMIC (masked only): no fixed chunk. The CTAs of a column tile take its steps of
-    BLOCK_K channels, over all of K, one at a time from the tile's counter at ``ctr_ptr``
-    (zero before the launch; the epilogue's last CTA re-zeroes it), so a CTA whose loads come
-    back late takes fewer steps and the CTAs' loops end together (kernel_notes section 13).
-    Each step's index is fetched one iteration before its x is loaded, so the fetch waits on
-    nothing; a CTA's partial sum still covers one column tile, so the reduction is unchanged."""
+    of 16 are loaded as int32 column pairs (PACKED)."""
     CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     PACKED: tl.constexpr = SEG_ALIGNED and w_ptr.dtype.element_ty != tl.float32
     IS_BF16: tl.constexpr = w_ptr.dtype.element_ty == tl.bfloat16
@@ -122,14 +101,7 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         q_mask = offs_q < n_end
         ACC_N: tl.constexpr = BLOCK_N
     j = tl.arange(0, BLOCK_K)
-    if DYNAMIC:
-        n_steps = tl.cdiv(K, BLOCK_K)
-        step = tl.atomic_add(ctr_ptr, 1, sem="relaxed")
-        step_next = tl.atomic_add(ctr_ptr, 1, sem="relaxed")
-        offs_k = step * BLOCK_K + j
-        ok = offs_k < K
-    else:
-        offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+    offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
     thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
     kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     acc0 = tl.zeros([ACC_N], dtype=tl.float32)  # even columns when PACKED
@@ -140,55 +112,30 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
     odd1 = acc0
     odd2 = acc0
     odd3 = acc0
-    if DYNAMIC:
-        while step < n_steps:
-            # (offs_k and the keep mask are rebuilt from step and x, not carried: Triton 3.6
-            # fails to compile this loop when they are loop-carried)
-            offs_k = step * BLOCK_K + j
-            kept = x0 != 0.0
-            if BLOCK_M >= 2:
-                kept = kept | (x1 != 0.0)
-            if BLOCK_M >= 4:
-                kept = kept | (x2 != 0.0) | (x3 != 0.0)
-            w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
-                        mask=kept[:, None] & q_mask[None, :], other=0,
-                        eviction_policy=WEIGHT_EVICTION)  # fmt: skip
-            step_after = tl.atomic_add(ctr_ptr, 1, sem="relaxed")  # used one iteration later
-            offs_n1 = step_next * BLOCK_K + j  # past the last step: nothing kept
-            ok = offs_n1 < K
-            thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_n1, ok, M, stride_xm, BLOCK_M)
-            _, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
-            acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3 = _wide_acc_rows(
-                acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3, x0, x1, x2, x3, w,
-                BLOCK_M, PACKED, IS_BF16)  # fmt: skip
-            x0 = y0
-            x1 = y1
-            x2 = y2
-            x3 = y3
-            step = step_next
-            step_next = step_after
+    if COMPACT:
+        steps = tl.cdiv(count, BLOCK_K)
     else:
-        if COMPACT:
-            steps = tl.cdiv(count, BLOCK_K)
-        else:
-            steps = K_ITERS
-        for _ in range(steps):
-            w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
-                        mask=kept[:, None] & q_mask[None, :], other=0,
-                        eviction_policy=WEIGHT_EVICTION)  # fmt: skip
-            # the next step's rows are requested and its mask computed while this step's weights
-            # are in flight (past the chunk nothing is kept: the last request reads nothing)
-            j += BLOCK_K
-            offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-            thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
-            kept, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
-            acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3 = _wide_acc_rows(
-                acc0, acc1, acc2, acc3, odd0, odd1, odd2, odd3, x0, x1, x2, x3, w,
-                BLOCK_M, PACKED, IS_BF16)  # fmt: skip
-            x0 = y0
-            x1 = y1
-            x2 = y2
-            x3 = y3
+        steps = K_ITERS
+    for _ in range(steps):
+        w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
+                    mask=kept[:, None] & q_mask[None, :], other=0,
+                    eviction_policy=WEIGHT_EVICTION)  # fmt: skip
+        # the next step's rows are requested and its mask computed while this step's weights
+        # are in flight (past the chunk nothing is kept: the last request reads nothing)
+        j += BLOCK_K
+        offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+        thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
+        kept, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
+        acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)
+        if BLOCK_M >= 2:
+            acc1, odd1 = _wide_acc(acc1, odd1, x1, w, PACKED, IS_BF16)
+        if BLOCK_M >= 4:
+            acc2, odd2 = _wide_acc(acc2, odd2, x2, w, PACKED, IS_BF16)
+            acc3, odd3 = _wide_acc(acc3, odd3, x3, w, PACKED, IS_BF16)
+        x0 = y0
+        x1 = y1
+        x2 = y2
+        x3 = y3
     rows = tl.arange(0, BLOCK_M)[:, None]
     part = tl.where(rows == 0, _wide_out(acc0, odd0, PACKED)[None, :], 0.0)
     if BLOCK_M >= 2:
