@@ -192,7 +192,8 @@ def main(argv=None) -> int:
             "clock": "%globaltimer (ns), relative to the first CTA's start",
             "protocol": "the traced launch is the last of a CUDA graph of back-to-back calls "
             "over distinct weight copies; per_call_us = that graph's time / calls"}  # fmt: skip
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, indent=1))
+    # compact: the raw traces are thousands of rows per case
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": results}, separators=(",", ":")))
     print(f"wrote {args.out}")
     return 0
 
