@@ -240,7 +240,11 @@ def quality_section(data: dict) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="also write the Markdown to this file")
-    p.add_argument("--only", choices=["kernels", "decode", "quality"], help="one section")
+    p.add_argument(
+        "--only",
+        choices=["kernels", "decode", "quality", "quality_dense_prompt"],
+        help="one section",
+    )
     args = p.parse_args(argv)
     lines: list[str] = []
     for name, section in (
@@ -249,7 +253,7 @@ def main(argv=None) -> int:
         ("quality", quality_section),
         ("quality_dense_prompt", quality_section),
     ):
-        data = _load(name) if args.only in (None, name.split("_")[0]) else None
+        data = _load(name) if args.only in (None, name) else None
         if data is not None:
             lines += section(data)
     text = "\n".join(lines)

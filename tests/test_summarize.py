@@ -14,7 +14,7 @@ def _summarize():
     return load_benchmark("summarize")
 
 
-@pytest.mark.parametrize("name", ["kernels", "decode", "quality"])
+@pytest.mark.parametrize("name", ["kernels", "decode", "quality", "quality_dense_prompt"])
 def test_tables_quote_the_json(name, capsys, tmp_path):
     data = json.loads((RESULTS / f"{name}.json").read_text())
     out = tmp_path / "summary.md"
