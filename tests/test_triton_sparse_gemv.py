@@ -496,3 +496,67 @@ def test_wide_weight_at_an_odd_address():
     assert tsg._segments_aligned(w_t, ends) and not tsg._segments_aligned(w_odd, ends)
     y = sparse_gemv(x, w_odd, thr, ends, b, config=WIDE_CFGS[0])
     check(y, reference(x, w_t, thr, ends, b), x, k)
+
+
+# DYNAMIC: masked wide tiles whose steps come from a per-column-tile counter. In the
+# interpreter the programs run one after another, so the first CTA of a tile takes every step
+# and the others none: these tests check the semantics and the self-cleaning counters; the
+# balance only shows on a GPU.
+DYN_CFGS = [
+    {
+        "BLOCK_N": 32,
+        "BLOCK_K": 8,
+        "K_ITERS": 2,
+        "USE_DOT": 0,
+        "WIDE": 1,
+        "DYNAMIC": 1,
+        "num_warps": 1,
+    },
+    {
+        "BLOCK_N": 16,
+        "BLOCK_K": 4,
+        "K_ITERS": 16,
+        "USE_DOT": 0,
+        "WIDE": 1,
+        "DYNAMIC": 1,
+        "num_warps": 1,
+    },
+]
+
+
+@pytest.mark.parametrize("m,dtype", [(1, torch.bfloat16), (2, torch.float16), (4, torch.float32),
+                                     (3, torch.bfloat16)])  # fmt: skip
+@pytest.mark.parametrize("cfg", range(len(DYN_CFGS)))
+@pytest.mark.parametrize("ends", ["aligned", "odd"])
+def test_dynamic_steps_match_reference_and_leave_counters_zero(m, dtype, cfg, ends):
+    """K = 45 (not a multiple of BLOCK_K): 3-6 CTAs per column tile (one when the chunk
+    covers K) share the tile's steps; the result matches the float64 reference and the
+    tickets and step counters are all zero again after each call, so a second call on
+    fresh inputs is right too."""
+    k, ends_l = 45, SEG_ENDS[ends]
+    c = DYN_CFGS[cfg]
+    for seed in (60 + m, 70 + m):
+        x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=seed, bias=seed % 2 == 0)
+        y = sparse_gemv(x, w_t, thr, ends_l, b, config=c, reduction="atomic")
+        check(y, reference(x, w_t, thr, ends_l, b), x, k)
+        acc, tickets = splitk._WORKSPACES[torch.device("cpu")]
+        assert not acc.any() and not tickets.any()
+    # the ordered reduction has no counters: the same config runs its fixed chunks
+    y = sparse_gemv(x, w_t, thr, ends_l, b, config=c, reduction="ordered")
+    check(y, reference(x, w_t, thr, ends_l, b), x, k)
+
+
+def test_dynamic_all_dropped_none_dropped_and_config_rules():
+    k, ends_l = 45, SEG_ENDS["odd"]
+    x, w_t, _, b = _make(2, k, ends_l, torch.bfloat16, seed=80)
+    c = DYN_CFGS[0]
+    thr = torch.full((len(ends_l), k), float("inf"))
+    assert torch.equal(sparse_gemv(x, w_t, thr, ends_l, b, config=c), b.expand(2, -1))
+    thr = torch.full((len(ends_l), k), -1.0)
+    check(sparse_gemv(x, w_t, thr, ends_l, b, config=c), x.double() @ w_t.double() + b.double(),
+          x, k)  # fmt: skip
+    for bad, match in (({"COMPACT": 1}, "DYNAMIC"), ({"WIDE": 0}, "DYNAMIC"),
+                       ({"num_warps": 2}, "num_warps = 1"),
+                       ({"DYNAMIC": 2}, "DYNAMIC must be 0 or 1")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            sparse_gemv(x, w_t, thr, ends_l, b, config={**c, **bad})
