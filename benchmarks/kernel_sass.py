@@ -136,7 +136,7 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
         *((True, False) if atomic else ()),
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
-    for opt in ("PIPE", "WIDE", "DYNAMIC"):  # only passed when set (PIPE: files before 11-23)
+    for opt in ("PIPE", "WIDE"):  # only passed when set (PIPE: kernel files before 2026-11-23)
         if config.get(opt, 0):
             meta[opt] = config[opt]
     kwargs = {**meta, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}

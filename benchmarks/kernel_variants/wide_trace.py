@@ -3,8 +3,7 @@
 tile of ``was_compile/kernels/fma_wide.py`` (masked mode only) with a trace. Each CTA writes
 int64 [%globaltimer at the tile's start, %globaltimer after its loop, %smid, kept rows] to
 ``list_ptr`` (unused in masked mode; the probe passes a buffer of 4 per CTA). Absolute
-imports, so the probe can load it in place of the package module. Fixed chunks only: it takes
-the ``ctr_ptr`` / ``DYNAMIC`` arguments the kernel passes since then, and ignores them.
+imports, so the probe can load it in place of the package module.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
-                   SEG_ALIGNED: tl.constexpr, ctr_ptr, DYNAMIC: tl.constexpr):  # fmt: skip
+                   SEG_ALIGNED: tl.constexpr):  # fmt: skip
     """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
     chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
 

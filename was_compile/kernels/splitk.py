@@ -144,20 +144,12 @@ def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
 
 @triton.jit
 def _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, ws_ptr, ticket_ptr, bias_ptr,
-                            y_ptr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr,
-                            STEP_COUNTER: tl.constexpr = 0):  # fmt: skip
+                            y_ptr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
     """``atomic`` reduction, run by every CTA after its loop: part [rows, BLOCK_N] fp32 is this
-    CTA's share of y[offs_m, offs_n]; the last of the tile's CTAs writes y and re-zeroes.
-    STEP_COUNTER: the tiles' step counters (ticket_ptr[tiles + tile], fma_wide's DYNAMIC) are
-    re-zeroed too, by the same CTA, once every CTA of the tile has stopped taking steps."""
+    CTA's share of y[offs_m, offs_n]; the last of the tile's CTAs writes y and re-zeroes."""
     idx = offs_m[:, None] * N + offs_n[None, :]
     mask = (offs_m[:, None] < M) & n_mask[None, :]
     nsplit = tl.num_programs(1)
-    counter = ticket_ptr + tl.num_programs(0) + tl.program_id(0)
-    if STEP_COUNTER:
-        if nsplit == 1:  # the tile's only CTA: once all its threads' fetches are done
-            tl.debug_barrier()
-            tl.store(counter, 0)
     if nsplit > 1:
         tl.atomic_add(ws_ptr + idx, part, mask=mask, sem="relaxed")
         tl.debug_barrier()  # every thread's adds precede the release of the ticket below
@@ -173,8 +165,6 @@ def _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, ws_ptr, ticket_p
         tl.debug_barrier()
         tl.store(ws_ptr + idx, tl.zeros_like(part), mask=mask)
         tl.store(ticket_ptr + tl.program_id(0), 0, mask=ticket == nsplit - 1)
-        if STEP_COUNTER:
-            tl.store(counter, 0, mask=ticket == nsplit - 1)
     if HAS_BIAS:
         part += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + idx, _round_out(part, y_ptr, INTERPRET), mask=mask)

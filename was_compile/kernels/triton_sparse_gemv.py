@@ -235,10 +235,9 @@ def _sparse_gemv_kernel(
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
     ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
-    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0, DYNAMIC: tl.constexpr = 0,
+    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0,
 ):  # fmt: skip
-    """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK)
-    (DYNAMIC: the tile's steps it takes from the tile's counter, ticket_ptr[tiles + pid_n]).
+    """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
     ATOMIC_REDUCE: adds its fp32 partial into the zeroed workspace part[:M, :] and the tile's
     last CTA writes y (splitk.py); else writes it to part[pid_k, :M, n0:n0 + BLOCK_N] for the
     ordered reduction kernel."""
@@ -311,8 +310,7 @@ def _sparse_gemv_kernel(
     elif WIDE:  # wide tiles: many rows per thread, K reduced in-thread (fma_wide.py)
         part = _fma_tile_wide(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
                               k_start, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
-                              COMPACT, SEG_ALIGNED, ticket_ptr + tl.num_programs(0) + pid_n,
-                              DYNAMIC, INTERPRET)  # fmt: skip
+                              COMPACT, SEG_ALIGNED)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
     else:
         part = _fma_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
@@ -322,7 +320,7 @@ def _sparse_gemv_kernel(
 
     if ATOMIC_REDUCE:
         _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,
-                                bias_ptr, y_ptr, HAS_BIAS, INTERPRET, DYNAMIC)  # fmt: skip
+                                bias_ptr, y_ptr, HAS_BIAS, INTERPRET)  # fmt: skip
     else:
         p_ptrs = part_ptr + pid_k * (M * N) + offs_m[:, None] * N + offs_n[None, :]
         tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
@@ -472,7 +470,7 @@ def reserve_workspace_for(weight_t: torch.Tensor, segment_ends: Sequence[int],
     capture (the backend calls it at compile time)."""
     ends = _check_segment_ends(segment_ends, weight_t.shape[1])
     reserve_workspace(weight_t.device, min(max_rows, MAX_M) * weight_t.shape[1],
-                      2 * _max_column_tiles(ends))  # fmt: skip
+                      _max_column_tiles(ends))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4096)
@@ -534,8 +532,7 @@ def sparse_gemv(
     want_atomic = (reduction if reduction is not None else reduction_mode()) == "atomic"
 
     def workspace_for(tiles: int):  # None on a GPU where none is reserved: ordered reduction
-        # a ticket and a step counter (DYNAMIC) per column tile
-        return atomic_workspace(device, m * n, 2 * tiles) if want_atomic else None
+        return atomic_workspace(device, m * n, tiles) if want_atomic else None
 
     required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
     tuned = config is None
@@ -557,14 +554,6 @@ def sparse_gemv(
         if meta["USE_DOT"] or mb > 4:
             _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
         meta["WIDE"] = wide
-    dynamic = int(config.get("DYNAMIC", 0))
-    if dynamic not in (0, 1):
-        _fail(f"config: DYNAMIC must be 0 or 1, got {dynamic}")
-    if dynamic and (not wide or meta["COMPACT"] or config.get("num_warps", 4) != 1):
-        _fail(
-            "config: DYNAMIC (steps taken from a per-tile counter) needs WIDE = 1, COMPACT = 0 "
-            "and num_warps = 1"
-        )
     pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
     if meta["COMPACT"]:
         pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
@@ -574,8 +563,6 @@ def sparse_gemv(
     if not tuned:  # an explicit config: its own column tiles bound the tickets it needs
         workspace = workspace_for(tiles)
     atomic = workspace is not None
-    if dynamic and atomic:  # the counters live in the atomic workspace; ordered: fixed chunks
-        meta["DYNAMIC"] = 1
 
     kept_lists = torch.empty((list_size,), dtype=torch.int32, device=device)
     y = torch.empty((m, n), dtype=x.dtype, device=device)
