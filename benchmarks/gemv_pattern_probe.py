@@ -34,14 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# Llama-3-8B linear shapes: name -> (K, segment ends); the configs kernels.json's tuner chose
-# at M = 1, 50% (H100, 4c2d5c5), held fixed over every pattern
-SHAPES = {
-    "qkv": (4096, [4096, 5120, 6144]),
-    "o": (4096, [4096]),
-    "gate_up": (4096, [14336, 28672]),
-    "down": (14336, [4096]),
-}
+from tile_probe import SHAPES  # noqa: E402  (Llama-3-8B: name -> (K, segment ends))
+
+# the configs kernels.json's tuner chose at M = 1, 50% (H100, 4c2d5c5), held fixed over
+# every pattern
 CONFIGS = {
     "qkv": {"BLOCK_N": 256, "BLOCK_K": 16, "K_ITERS": 4},
     "o": {"BLOCK_N": 256, "BLOCK_K": 32, "K_ITERS": 2},

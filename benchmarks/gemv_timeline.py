@@ -29,14 +29,17 @@ VARIANT = ROOT / "benchmarks" / "kernel_variants" / "wide_trace.py"
 
 
 def load_traced_kernel():
-    """triton_sparse_gemv with fma_wide replaced by the traced variant (before its import)."""
-    spec = importlib.util.spec_from_file_location("was_compile.kernels.fma_wide", VARIANT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["was_compile.kernels.fma_wide"] = mod
-    spec.loader.exec_module(mod)
+    """triton_sparse_gemv whose wide tile is the traced variant: the variant's tile is put in
+    fma_wide before triton_sparse_gemv binds it (rebuilt if it was imported already)."""
+    from was_compile.kernels import fma_wide
+
+    spec = importlib.util.spec_from_file_location("wide_trace", VARIANT)
+    variant = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variant)
+    fma_wide._fma_tile_wide = variant._fma_tile_wide
     from was_compile.kernels import triton_sparse_gemv
 
-    return triton_sparse_gemv
+    return importlib.reload(triton_sparse_gemv)
 
 
 def percentiles(values, qs=(0.0, 0.1, 0.5, 0.9, 1.0)) -> list[float]:

@@ -2,8 +2,9 @@
 """Kernel variant for benchmarks/gemv_timeline.py (kernel_notes.md section 13): the wide FMA
 tile of ``was_compile/kernels/fma_wide.py`` (masked mode only) with a trace. Each CTA writes
 int64 [%globaltimer at the tile's start, %globaltimer after its loop, %smid, kept rows] to
-``list_ptr`` (unused in masked mode; the probe passes a buffer of 4 per CTA). Absolute
-imports, so the probe can load it in place of the package module.
+``list_ptr`` (unused in masked mode; the probe passes a buffer of 4 per CTA). Only the tile
+is redefined (its loop with the trace); the helpers are the package's. The probe puts it in
+``fma_wide`` before ``triton_sparse_gemv`` is imported.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from was_compile.kernels.fma_wide import _wide_acc, _wide_out
 from was_compile.kernels.gemv_rows import WEIGHT_EVICTION, keep_rows, load_rows, step_channels
 
 __all__ = ["_fma_tile_wide"]
@@ -28,41 +30,6 @@ def _smid():
     return tl.inline_asm_elementwise(
         "mov.u32 $0, %smid;", "=r", [], dtype=tl.int32, is_pure=True, pack=1
     )
-
-
-@triton.jit
-def _unpack_pair(v, IS_BF16: tl.constexpr):
-    """int32 holding two 16-bit values (element 2i in the low half) -> both in fp32."""
-    if IS_BF16:
-        lo = (v << 16).to(tl.float32, bitcast=True)
-        hi = (v & -65536).to(tl.float32, bitcast=True)
-    else:
-        lo = v.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        hi = (v >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return lo, hi
-
-
-@triton.jit
-def _wide_acc(acc, odd, x, w, PACKED: tl.constexpr, IS_BF16: tl.constexpr):
-    """acc (+ odd) += sum over the step's rows of x[k] * w[k, :]; PACKED: w holds column pairs
-    as int32 (even columns into acc, odd ones into odd: one instruction per value to unpack)."""
-    if PACKED:
-        lo, hi = _unpack_pair(w, IS_BF16)
-        acc += tl.sum(x[:, None] * lo, axis=0)
-        odd += tl.sum(x[:, None] * hi, axis=0)
-    else:
-        acc += tl.sum(x[:, None] * w.to(tl.float32), axis=0)
-    return acc, odd
-
-
-@triton.jit
-def _wide_out(acc, odd, PACKED: tl.constexpr):
-    """The [BLOCK_N] row of partial sums (PACKED: even and odd columns interleaved)."""
-    if PACKED:
-        out = tl.interleave(acc, odd)
-    else:
-        out = acc
-    return out
 
 
 @triton.jit
