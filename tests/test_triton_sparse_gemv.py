@@ -496,3 +496,45 @@ def test_wide_weight_at_an_odd_address():
     assert tsg._segments_aligned(w_t, ends) and not tsg._segments_aligned(w_odd, ends)
     y = sparse_gemv(x, w_odd, thr, ends, b, config=WIDE_CFGS[0])
     check(y, reference(x, w_t, thr, ends, b), x, k)
+
+
+# Input prologue (input_prologue.py): x = act(src[:, gate]) [* src[:, up]] computed in the
+# kernel, on every path the tuner can pick; src columns around and between the operands.
+PROLOGUE_CFGS = [FMA_CFG, DOT_CFG, FMA_C_CFG, DOT_C_CFG,
+                 {"BLOCK_N": 256, "BLOCK_K": 16, "K_ITERS": 2, "USE_DOT": 0, "WIDE": 1,
+                  "num_warps": 1}]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh", "gelu", "relu"])
+def test_input_prologue_matches_reference(act, dtype):
+    from was_compile.kernels.input_prologue import InputPrologue, prologue_reference
+
+    g = _gen(31 * len(act) + dtype.itemsize)
+    k, ends = 70, [29, 48]
+    for m in (1, 3):
+        src = (torch.randn(m, 2 * k + 5, generator=g) * 2).to(dtype)
+        # gated: gate after up, as in a chunked gate_up whose halves are swapped
+        p = InputPrologue(act, k + 4, k, 1) if act != "relu" else InputPrologue(act, 3, k)
+        w_t = torch.randn(k, ends[-1], generator=g).to(dtype)
+        thr = (torch.rand(len(ends), k, generator=g) * 0.8).float()
+        b = torch.randn(ends[-1], generator=g).to(dtype)
+        x = prologue_reference(src, p)
+        kept = (x.abs().float()[:, None, :] > thr).float().mean().item()
+        assert 0.2 < kept < 0.8  # the thresholds drop some channels and keep others
+        ref = reference(x, w_t, thr, ends, b)
+        for cfg in PROLOGUE_CFGS:
+            check(sparse_gemv(src, w_t, thr, ends, b, prologue=p, config=cfg), ref, x, k)
+
+
+def test_input_prologue_errors():
+    from was_compile.kernels.input_prologue import InputPrologue
+
+    src = torch.randn(2, 40)
+    w_t, thr = torch.randn(16, 8), torch.rand(1, 16)
+    with pytest.raises(ValueError, match=r"up columns \[30, 46\) are outside src's 40"):
+        sparse_gemv(src, w_t, thr, [8], prologue=InputPrologue("silu", 0, 16, 30))
+    with pytest.raises(ValueError, match="activation 'swish' is not supported"):
+        sparse_gemv(src, w_t, thr, [8], prologue=InputPrologue("swish", 0, 16))
+    with pytest.raises(ValueError, match=r"weight_t must be \[K, N\] with K = 20"):
+        sparse_gemv(src, w_t, thr, [8], prologue=InputPrologue("relu", 0, 20))

@@ -1,4 +1,5 @@
-"""``torch.ops.was.sparse_linear``: the custom op the backend puts in place of each site group.
+"""``torch.ops.was.sparse_linear``: the custom op the backend puts in place of each site group
+(and ``sparse_linear_gated``, the same with the input computed by an input prologue).
 
 Registered through ``torch.library.custom_op`` so it is opaque to Inductor and may branch in
 Python on the number of rows (decode kernel vs prefill path) without adding guards; a fake
@@ -13,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from . import switch_points
+from .input_prologue import InputPrologue, prologue_reference
 from .reference import dense_linear, sparse_linear_reference
 
 DECODE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -46,6 +48,31 @@ def reserve_decode_workspace(weight_t: torch.Tensor, segment_ends: list[int],
     reserve_workspace_for(weight_t, segment_ends, max_rows)
 
 
+def _sparse_linear(src: torch.Tensor, prologue: InputPrologue | None, weight_t: torch.Tensor,
+                   thresholds: torch.Tensor, segment_ends: list[int], bias: torch.Tensor | None,
+                   sparse_prefill: bool, max_decode_rows: int,
+                   sparsity_hint: float) -> torch.Tensor:  # fmt: skip
+    """Both ops: src is the site input x, or what ``prologue`` computes it from."""
+    k = weight_t.shape[0]
+    c = src.shape[-1]
+    rows = src.numel() // c if c else 0
+
+    def site_input() -> torch.Tensor:
+        return src if prologue is None else prologue_reference(src, prologue)
+
+    if rows > max_decode_rows and not sparse_prefill:
+        return dense_linear(site_input(), weight_t, bias)
+    gemv = _triton_gemv() if src.is_cuda and src.dtype in DECODE_DTYPES else None
+    if rows <= max_decode_rows and gemv is not None:
+        hint = sparsity_hint if sparsity_hint >= 0 else None
+        limit = switch_points.decode_rows_limit(src, k, segment_ends, _bucket(hint))
+        if limit is None or rows <= limit:
+            y = gemv(src.reshape(rows, c), weight_t, thresholds, segment_ends, bias,
+                     sparsity_hint=hint, prologue=prologue)  # fmt: skip
+            return y.reshape(*src.shape[:-1], weight_t.shape[1])
+    return sparse_linear_reference(site_input(), weight_t, thresholds, segment_ends, bias)
+
+
 @torch.library.custom_op("was::sparse_linear", mutates_args=())
 def sparse_linear(
     x: torch.Tensor,
@@ -67,19 +94,8 @@ def sparse_linear(
     ``sparsity_hint`` (the schedule's sparsity, or -1 for unknown) only picks the kernel's
     autotuning bucket.
     """
-    k = x.shape[-1]
-    rows = x.numel() // k if k else 0
-    if rows > max_decode_rows and not sparse_prefill:
-        return dense_linear(x, weight_t, bias)
-    gemv = _triton_gemv() if x.is_cuda and x.dtype in DECODE_DTYPES else None
-    if rows <= max_decode_rows and gemv is not None:
-        hint = sparsity_hint if sparsity_hint >= 0 else None
-        limit = switch_points.decode_rows_limit(x, k, segment_ends, _bucket(hint))
-        if limit is None or rows <= limit:
-            y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias,
-                     sparsity_hint=hint)  # fmt: skip
-            return y.reshape(*x.shape[:-1], weight_t.shape[1])
-    return sparse_linear_reference(x, weight_t, thresholds, segment_ends, bias)
+    return _sparse_linear(x, None, weight_t, thresholds, segment_ends, bias, sparse_prefill,
+                          max_decode_rows, sparsity_hint)  # fmt: skip
 
 
 @sparse_linear.register_fake
@@ -90,6 +106,40 @@ def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_ro
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
+@torch.library.custom_op("was::sparse_linear_gated", mutates_args=())
+def sparse_linear_gated(
+    src: torch.Tensor,
+    act: str,
+    gate_start: int,
+    up_start: int,
+    width: int,
+    weight_t: torch.Tensor,
+    thresholds: torch.Tensor,
+    segment_ends: list[int],
+    bias: torch.Tensor | None,
+    sparse_prefill: bool,
+    max_decode_rows: int,
+    sparsity_hint: float = -1.0,
+) -> torch.Tensor:
+    """``sparse_linear`` whose input x = act(src[..., gate]) [* src[..., up]] is computed
+    inside the decode kernel (``input_prologue.py``): src [..., C]; the gate operand is
+    columns [gate_start, gate_start + width), the up operand [up_start, up_start + width)
+    (``up_start = -1``: none); width == K. Other arguments as in ``sparse_linear``."""
+    prologue = InputPrologue(act, gate_start, width, up_start)
+    return _sparse_linear(src, prologue, weight_t, thresholds, segment_ends, bias,
+                          sparse_prefill, max_decode_rows, sparsity_hint)  # fmt: skip
+
+
+@sparse_linear_gated.register_fake
+def _(src, act, gate_start, up_start, width, weight_t, thresholds, segment_ends, bias,
+      sparse_prefill, max_decode_rows, sparsity_hint=-1.0):  # fmt: skip
+    torch._check(width == weight_t.shape[0], lambda: "prologue width and weight_t disagree on K")
+    torch._check(gate_start + width <= src.shape[-1], lambda: "gate columns outside src")
+    torch._check(up_start + width <= src.shape[-1], lambda: "up columns outside src")
+    torch._check(thresholds.shape[0] == len(segment_ends), lambda: "one threshold row a segment")
+    return src.new_empty((*src.shape[:-1], weight_t.shape[1]))
+
+
 def _no_backward(ctx, grad):  # noqa: ANN001
     raise RuntimeError(
         "was.sparse_linear is inference-only: run the compiled model under torch.no_grad() or "
@@ -98,3 +148,4 @@ def _no_backward(ctx, grad):  # noqa: ANN001
 
 
 sparse_linear.register_autograd(_no_backward)
+sparse_linear_gated.register_autograd(_no_backward)
