@@ -20,8 +20,8 @@ sparse_weight_bytes / copy_bandwidth), where dense_linear_ms times cuBLAS ``F.li
 every site and lm_head (B-row input, one CUDA graph) and copy_bandwidth a 1 GiB device copy
 (read + write), both in this run; fraction_of_ideal = speedup / ideal; compile_s (the first
 compiled call); peak_gib (``max_memory_allocated``, reset before each variant, ``prepare``
-included) and peak_vs_dense; diagnostics: rewritten_sites, input_prologues (down sites whose
-act(gate) * up runs in their kernel), recompiles_while_timing, cudagraph_skips and
+included) and peak_vs_dense; diagnostics: rewritten_sites, fused_activations (blocks whose
+act(gate) * up the gate|up kernel writes), recompiles_while_timing, cudagraph_skips and
 agree_with_dense (share of generated tokens equal to dense's).
 
     python benchmarks/decode.py                                   # all models, batch 1
@@ -108,9 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="keep the rows already in --out that this run does not measure again",
     )
-    p.add_argument("--no-input-prologue", action="store_true",
-                   help="compile with options input_prologue=False: each block's act(gate) * up "
-                   "stays its own kernel (the A/B of passes/fuse_input_prologue.py)")  # fmt: skip
+    p.add_argument(
+        "--no-fuse-activation",
+        action="store_true",
+        help="compile with options fuse_activation=False: each block's act(gate) "
+        "* up stays its own kernel (A/B of passes/fuse_output_activation.py)",
+    )
     p.add_argument("--smoke", action="store_true",
                    help="no GPU: a tiny 2-layer Llama on the CPU, eager compilers; checks the "
                    "script (timings meaningless; a temp --out unless given)")  # fmt: skip
@@ -195,18 +198,18 @@ def decode_step(model, ids, cache):
     return logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
 
-def compile_step(model, sched, smoke: bool, input_prologue: bool = True):
+def compile_step(model, sched, smoke: bool, fuse_activation: bool = True):
     """``decode_step`` compiled dense (``sched`` None: ``mode="reduce-overhead"``) or with
     ``backend="was"`` and ``sched`` (the same CUDA-graph mode, through ``options``); with
     ``smoke``, eager backends on the CPU. The was variant lays ``model``'s weights out in place
     first (``prepare``; a no-op once done), so compile dense before any sparse variant.
-    ``input_prologue``: the backend option (False: act(gate) * up stays its own kernel)."""
+    ``fuse_activation``: the backend option (False: act(gate) * up stays its own kernel)."""
     if sched is None:
         opts = {"backend": "eager"} if smoke else {"mode": "reduce-overhead"}
     else:
         prepare(model, sched)
         was = {"schedule": sched, "max_decode_rows": MAX_DECODE_ROWS,
-               "input_prologue": input_prologue}  # fmt: skip
+               "fuse_activation": fuse_activation}  # fmt: skip
         was.update({"compiler": "eager"} if smoke else {"mode": "reduce-overhead"})
         opts = {"backend": "was", "options": was}
     return torch.compile(decode_step, fullgraph=True, **opts)
@@ -382,7 +385,7 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
             "dense_ms_per_token": d["ms_per_token"], "dense_linear_ms": d["linear_ms"],
             "site_bytes": site_bytes, "lm_head_bytes": head_bytes,
             "sparse_weight_bytes": sparse_bytes, "copy_bandwidth_Bps": bw,
-            "rewritten_sites": res.get("rewritten"), "input_prologues": res.get("prologues"),
+            "rewritten_sites": res.get("rewritten"), "fused_activations": res.get("activations"),
             "recompiles_while_timing": res["recompiles_while_timing"],
             "cudagraph_skips": res["cudagraph_skips"], "agree_with_dense": agree,
         }  # fmt: skip
@@ -397,7 +400,7 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
                 linear_ms = time_linears(model, sites, b, clock)
                 _fresh(clock)
             # dense ran before: see compile_step
-            step = compile_step(model, sched, args.smoke, not args.no_input_prologue)
+            step = compile_step(model, sched, args.smoke, not args.no_fuse_activation)
             res = run_variant(model, step, prompts[b], args, clock)
         except Exception as err:  # noqa: BLE001 - keep the other variants' results
             traceback.print_exc()
@@ -410,7 +413,7 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
             dense[b] = {**res, "linear_ms": linear_ms}
         else:
             res["rewritten"] = last_compile_stats()["rewritten"]
-            res["prologues"] = last_compile_stats()["prologues"]
+            res["activations"] = last_compile_stats()["activations"]
         row(b, "dense" if sched is None else "was", s, res, sched)
 
     for b in args.batch:  # dense first: prepare() changes the weights' layout

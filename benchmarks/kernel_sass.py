@@ -128,15 +128,18 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
     # kernel files from 2026-11-24 on (atomic split-K reduction) take ticket_ptr, bias_ptr,
     # y_ptr after the scratch pointers and ATOMIC_REDUCE, HAS_BIAS after INTERPRET
     atomic = "ticket_ptr" in fn.arg_names
+    act = "h_ptr" in fn.arg_names  # from 2026-11-24: the output activation's h_ptr and HALF
     args = (
         bf16, bf16, f32, f32, i32, i32, *((i32, bf16, bf16) if atomic else ()),
-        m, n, k, k, k,
+        *((bf16,) if act else ()),
+        m, n, k, k, k, *((n // 2,) if act else ()),
         *e_args,
         sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
         *((True, False) if atomic else ()),
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
-    for opt in ("PIPE", "WIDE"):  # only passed when set (PIPE: kernel files before 2026-11-23)
+    for opt in ("PIPE", "WIDE", "ACT", "GATED"):  # only passed when set (PIPE: kernel files
+        # before 2026-11-23; ACT, GATED: the output activation, from 2026-11-24)
         if config.get(opt, 0):
             meta[opt] = config[opt]
     kwargs = {**meta, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}

@@ -36,3 +36,26 @@ def check(y, ref, x, k):
     assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) output elements"
     rtol, atol = TOL[x.dtype]
     torch.testing.assert_close(y.double(), ref, rtol=rtol, atol=atol * math.sqrt(k))
+
+
+def check_activation(h, x, y64, oa, ends, k):
+    """h (the kernel's act(gate) * up, or act(y)) against the float64 activation of y64, the
+    float64 reference of y: per element, y's own tolerance (``check``) carried through the
+    activation's slope, plus half an ulp of h's dtype."""
+    from was_compile.kernels.output_activation import activation_reference
+
+    rtol, atol = TOL[x.dtype]
+    err = rtol * y64.abs() + atol * math.sqrt(k)  # what y may be off by
+    if oa.gated:
+        half = ends[-1] // 2
+        a, b = (y64[:, :half], y64[:, half:]) if oa.gate_first else (y64[:, half:], y64[:, :half])
+        ea, eb = (err[:, :half], err[:, half:]) if oa.gate_first else (err[:, half:], err[:, :half])
+        # |act'| <= 1.13 for silu and both gelus (relu: 1); |act(g)| <= |g|
+        bound = 1.13 * b.abs() * ea + (a.abs() + ea) * eb
+    else:
+        bound = 1.13 * err
+    want = activation_reference(y64, oa, ends)
+    assert h.dtype == x.dtype and h.shape == want.shape
+    assert not torch.isnan(h).any(), "unwritten (NaN-poisoned) output elements"
+    excess = (h.double() - want).abs() - (bound + rtol * want.abs())
+    assert excess.max().item() <= 0, f"act output off by {excess.max().item():.3g} beyond bound"

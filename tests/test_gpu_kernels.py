@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from gemv_reference import TOL, check, reference
+from gemv_reference import TOL, check, check_activation, reference
 
 pytestmark = pytest.mark.gpu
 
@@ -230,29 +230,26 @@ def test_op_under_cuda_graphs_and_changing_rows():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 4, 8])
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
-def test_input_prologue(act, m, dtype):
-    """The down GEMV computing its own input from the gate|up output (Llama-3-8B's and an odd
-    shape), tuned and under a CUDA graph: equal to the float64 product of the rounded x."""
-    from was_compile.kernels.input_prologue import InputPrologue, prologue_reference
+def test_output_activation(act, m, dtype):
+    """act(gate) * up written by the gate|up GEMV's epilogue (Llama-3-8B's gate|up, an odd
+    fused gate_up), tuned and replayed in a CUDA graph on fresh inputs, against the float64
+    activation of the float64 y within y's tolerance carried through the activation."""
+    from was_compile.kernels.output_activation import OutputActivation
     from was_compile.kernels.triton_sparse_gemv import sparse_gemv
 
-    for k, n in [(14336, 4096), (1000, 333)]:
-        g = torch.Generator(device=DEV).manual_seed(k + m)
-        src = (torch.randn(m, 2 * k, generator=g, device=DEV) * 2).to(dtype)
-        p = InputPrologue(act, 0, k, k)
-        _, w_t, _, b = _make(m, k, [n], dtype, seed=m)
-        x = prologue_reference(src, p)
-        thr = (torch.quantile(x[0].abs().float(), 0.5) * torch.ones(1, k, device=DEV)).float()
-        ref = reference(x, w_t, thr, [n], b)
-        gemv = _gemv()
-        check(gemv(src, w_t, thr, [n], b, prologue=p, sparsity_hint=0.5), ref, x, k)
+    for k, ends, gate_first in [(4096, [14336, 28672], True), (1000, [666], False)]:
+        oa = OutputActivation(act, True, gate_first)
+        x, w_t, thr, b = _make(m, k, ends, dtype, seed=m + k, sparsity=0.5)
+        _poison_free_memory()
+        h = _gemv()(x, w_t, thr, ends, b, sparsity_hint=0.5, activation=oa)
+        check_activation(h, x, reference(x, w_t, thr, ends, b), oa, ends, k)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # workspace reserved and config tuned by the call above
-            y = sparse_gemv(src, w_t, thr, [n], b, prologue=p, sparsity_hint=0.5)
-        src.copy_((torch.randn(m, 2 * k, generator=g, device=DEV) * 2).to(dtype))
+            h = sparse_gemv(x, w_t, thr, ends, b, sparsity_hint=0.5, activation=oa)
+        x.copy_(_make(m, k, ends, dtype, seed=m + k + 1, sparsity=0.5)[0])
         graph.replay()
-        x = prologue_reference(src, p)
-        check(y, reference(x, w_t, thr, [n], b), x, k)
+        check_activation(h, x, reference(x, w_t, thr, ends, b), oa, ends, k)
+        assert _workspace_is_zero()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -281,7 +278,7 @@ def test_backend_on_cuda_matches_hook_reference(dtype):
     ids = torch.randint(0, 512, (1, 1), device=DEV)
     with torch.no_grad():
         got = compiled(ids).logits.double()
-        assert last_compile_stats()["prologues"] == 2  # act(gate) * up inside down's kernel
+        assert last_compile_stats()["activations"] == 2  # act(gate) * up by the gate|up kernel
         with masked_inputs(model, tau):
             want = model(ids).logits.double()
     rtol, atol = TOL[dtype]

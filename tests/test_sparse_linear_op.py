@@ -88,46 +88,26 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.was.sparse_linear.default, (x, w, tau, ends, None, False, 1))
 
 
-def _gated_case(m, k, dtype, seed):
-    from was_compile.kernels.input_prologue import InputPrologue
-
-    g = torch.Generator().manual_seed(seed)
-    src = (torch.randn(m, 2 * k, generator=g) * 2).to(dtype)
-    p = InputPrologue("silu", 0, k, k)
-    w = (torch.randn(k, 24, generator=g) / k**0.5).to(dtype)
-    tau = (torch.rand(2, k, generator=g) * 0.6).float()
-    return src, p, w, tau, [10, 24]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m,sparse_prefill", [(1, True), (5, True), (5, False)])
-def test_gated_op_computes_its_input(dtype, m, sparse_prefill):
-    """sparse_linear_gated(src, ...) == sparse_linear(act(gate) * up, ...) in float64, on the
-    CPU path (decode rows and prefill, masked or dense)."""
-    from was_compile.kernels.input_prologue import prologue_reference
-
-    src, p, w, tau, ends = _gated_case(m, 37, dtype, seed=m)
-    y = torch.ops.was.sparse_linear_gated(src, p.act, p.gate_start, p.up_start, p.width, w, tau,
-                                          ends, None, sparse_prefill, 4)  # fmt: skip
-    x = prologue_reference(src, p)
-    if sparse_prefill:
-        ref = _reference64(x, w, tau, ends, None)
-    else:  # more rows than max_decode_rows and prefill="dense": no mask
-        ref = x.double() @ w.double()
+def test_act_op_is_sparse_linear_then_activation(dtype, m, sparse_prefill):
+    """sparse_linear_act == silu(gate) * up of sparse_linear's output on the CPU path (decode
+    rows and prefill, masked or dense); the product from float64 within the dtype's rounding."""
+    x, w, tau, ends, _ = _case(m, 37, [12, 12], dtype, False, seed=m)
+    h = torch.ops.was.sparse_linear_act(x, w, tau, ends, None, sparse_prefill, 4, -1.0, "silu",
+                                        True, True)  # fmt: skip
+    assert h.shape == (m, 12) and h.dtype == dtype
+    y64 = _reference64(x, w, tau, ends, None) if sparse_prefill else x.double() @ w.double()
+    want = torch.nn.functional.silu(y64[:, :12]) * y64[:, 12:]
     atol, rtol = TOL[dtype]
-    torch.testing.assert_close(y.double(), ref, atol=atol * 37**0.5, rtol=rtol)
-    # x itself, in float64 from src: silu(gate) * up, rounded once to the dtype
-    s64 = src.double()
-    x64 = torch.nn.functional.silu(s64[:, :37]) * s64[:, 37:]
-    torch.testing.assert_close(x.double(), x64, atol=1e-6, rtol=TOL[dtype][1])
+    torch.testing.assert_close(h.double(), want, atol=atol * 37**0.5 * 4, rtol=rtol * 4)
 
 
-def test_gated_opcheck():
-    src, p, w, tau, ends = _gated_case(3, 19, torch.float32, seed=4)
-    args = (src, p.act, p.gate_start, p.up_start, p.width, w, tau, ends)
-    torch.library.opcheck(torch.ops.was.sparse_linear_gated.default, (*args, None, True, 16))
-    torch.library.opcheck(torch.ops.was.sparse_linear_gated.default,
-                          (src, "gelu", 19, -1, 19, w, tau, ends, None, False, 1))  # fmt: skip
+def test_act_opcheck():
+    x, w, tau, ends, b = _case(3, 19, [7, 7], torch.float32, True, seed=11)
+    op = torch.ops.was.sparse_linear_act.default
+    torch.library.opcheck(op, (x, w, tau, ends, b, True, 16, 0.5, "silu", True, False))
+    torch.library.opcheck(op, (x, w, tau, ends, None, False, 1, -1.0, "gelu", False, True))
 
 
 def test_backward_is_refused():

@@ -498,43 +498,45 @@ def test_wide_weight_at_an_odd_address():
     check(y, reference(x, w_t, thr, ends, b), x, k)
 
 
-# Input prologue (input_prologue.py): x = act(src[:, gate]) [* src[:, up]] computed in the
-# kernel, on every path the tuner can pick; src columns around and between the operands.
-PROLOGUE_CFGS = [FMA_CFG, DOT_CFG, FMA_C_CFG, DOT_C_CFG,
-                 {"BLOCK_N": 256, "BLOCK_K": 16, "K_ITERS": 2, "USE_DOT": 0, "WIDE": 1,
-                  "num_warps": 1}]  # fmt: skip
+# Output activation (output_activation.py): act(gate) * up (or act(y)) written by the atomic
+# epilogue, on the wide and the COMPACT paths, and computed after the ordered reduction.
+ACT_CFGS = [({"BLOCK_N": 256, "BLOCK_K": 16, "K_ITERS": 2, "USE_DOT": 0, "WIDE": 1,
+              "num_warps": 1}, "atomic"), (FMA_C_CFG, "atomic"), (FMA_CFG, "ordered")]  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh", "gelu", "relu"])
-def test_input_prologue_matches_reference(act, dtype):
-    from was_compile.kernels.input_prologue import InputPrologue, prologue_reference
+def test_output_activation_matches_reference(act, dtype):
+    from was_compile.kernels.output_activation import OutputActivation, activation_reference
 
     g = _gen(31 * len(act) + dtype.itemsize)
-    k, ends = 70, [29, 48]
-    for m in (1, 3):
-        src = (torch.randn(m, 2 * k + 5, generator=g) * 2).to(dtype)
-        # gated: gate after up, as in a chunked gate_up whose halves are swapped
-        p = InputPrologue(act, k + 4, k, 1) if act != "relu" else InputPrologue(act, 3, k)
+    k, half = 70, 45  # a half that is no multiple of any BLOCK_N
+    modes = [([half, 2 * half], True, True), ([half, 2 * half], True, False),
+             ([2 * half], True, True), ([29, 48], False, True)]  # fmt: skip
+    for ends, gated, gate_first in modes:
+        x = torch.randn(3, k, generator=g).to(dtype)
         w_t = torch.randn(k, ends[-1], generator=g).to(dtype)
-        thr = (torch.rand(len(ends), k, generator=g) * 0.8).float()
+        thr = (torch.rand(len(ends), k, generator=g) * 1.5).float()
         b = torch.randn(ends[-1], generator=g).to(dtype)
-        x = prologue_reference(src, p)
-        kept = (x.abs().float()[:, None, :] > thr).float().mean().item()
-        assert 0.2 < kept < 0.8  # the thresholds drop some channels and keep others
-        ref = reference(x, w_t, thr, ends, b)
-        for cfg in PROLOGUE_CFGS:
-            check(sparse_gemv(src, w_t, thr, ends, b, prologue=p, config=cfg), ref, x, k)
+        oa = OutputActivation(act, gated, gate_first)
+        y = reference(x, w_t, thr, ends, b)  # float64
+        for cfg, reduction in ACT_CFGS:
+            h = sparse_gemv(x, w_t, thr, ends, b, config=cfg, reduction=reduction, activation=oa)
+            # the activation of the kernel's own rounded y (checked against float64 above)
+            y_k = sparse_gemv(x, w_t, thr, ends, b, config=cfg, reduction=reduction)
+            check(y_k, y, x, k)
+            want = activation_reference(y_k, oa, ends)
+            assert h.shape == (3, half if gated else ends[-1]) and h.dtype == dtype
+            rtol = 1e-5 if dtype == torch.float32 else 8e-3
+            torch.testing.assert_close(h.double(), want.double(), rtol=rtol, atol=rtol)
+    assert splitk._WORKSPACES and not splitk._WORKSPACES[torch.device("cpu")][1].any()
 
 
-def test_input_prologue_errors():
-    from was_compile.kernels.input_prologue import InputPrologue
+def test_output_activation_errors():
+    from was_compile.kernels.output_activation import OutputActivation
 
-    src = torch.randn(2, 40)
-    w_t, thr = torch.randn(16, 8), torch.rand(1, 16)
-    with pytest.raises(ValueError, match=r"up columns \[30, 46\) are outside src's 40"):
-        sparse_gemv(src, w_t, thr, [8], prologue=InputPrologue("silu", 0, 16, 30))
+    x, w_t, thr = torch.randn(2, 16), torch.randn(16, 30), torch.rand(2, 16)
+    with pytest.raises(ValueError, match=r"two segments of equal width.*got segment ends \[10"):
+        sparse_gemv(x, w_t, thr, [10, 30], activation=OutputActivation("silu"))
     with pytest.raises(ValueError, match="activation 'swish' is not supported"):
-        sparse_gemv(src, w_t, thr, [8], prologue=InputPrologue("swish", 0, 16))
-    with pytest.raises(ValueError, match=r"weight_t must be \[K, N\] with K = 20"):
-        sparse_gemv(src, w_t, thr, [8], prologue=InputPrologue("relu", 0, 20))
+        sparse_gemv(x, w_t, thr, [15, 30], activation=OutputActivation("swish", gated=False))

@@ -29,9 +29,9 @@ class WasOptions:
         debugging and fast CPU tests).
     mode: a torch.compile mode (``"reduce-overhead"`` for CUDA graphs, ...). torch.compile
         refuses ``mode=`` together with ``options=``, so it is given here.
-    input_prologue: fold an MLP output site's pointwise input (``act(gate) * up``) into its
-        kernel (``passes/fuse_input_prologue.py``: one kernel fewer per block); False keeps
-        it a separate op.
+    fuse_activation: let the gate|up kernel write an MLP's ``act(gate) * up`` (or ``act(fc1)``)
+        (``passes/fuse_output_activation.py``: one kernel fewer per block); False keeps it a
+        separate op.
     inductor_config: extra Inductor config patches (any option key not listed here).
     """
 
@@ -40,7 +40,7 @@ class WasOptions:
     max_decode_rows: int = 16
     compiler: str = "inductor"
     mode: str | None = None
-    input_prologue: bool = True
+    fuse_activation: bool = True
     inductor_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

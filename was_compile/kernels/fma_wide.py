@@ -77,16 +77,14 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 @triton.jit
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr, SEG_ALIGNED: tl.constexpr,
-                   up_off=0, ACT: tl.constexpr = 0, GATED: tl.constexpr = 0,
-                   INTERPRET: tl.constexpr = 0):  # fmt: skip
+                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
+                   SEG_ALIGNED: tl.constexpr):  # fmt: skip
     """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
     chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
 
     COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
     instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
-    of 16 are loaded as int32 column pairs (PACKED). up_off, ACT, GATED: the input prologue
-    (``gemv_rows.load_x``)."""
+    of 16 are loaded as int32 column pairs (PACKED)."""
     CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     PACKED: tl.constexpr = SEG_ALIGNED and w_ptr.dtype.element_ty != tl.float32
     IS_BF16: tl.constexpr = w_ptr.dtype.element_ty == tl.bfloat16
@@ -104,8 +102,7 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         ACC_N: tl.constexpr = BLOCK_N
     j = tl.arange(0, BLOCK_K)
     offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M, up_off,
-                                    ACT, GATED, INTERPRET)  # fmt: skip
+    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
     kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     acc0 = tl.zeros([ACC_N], dtype=tl.float32)  # even columns when PACKED
     acc1 = acc0
@@ -127,8 +124,7 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         # are in flight (past the chunk nothing is kept: the last request reads nothing)
         j += BLOCK_K
         offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-        thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M,
-                                            up_off, ACT, GATED, INTERPRET)  # fmt: skip
+        thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
         kept, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
         acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)
         if BLOCK_M >= 2:

@@ -10,9 +10,7 @@ rows before it consumes the current weight tile.
 import triton
 import triton.language as tl
 
-from .splitk import _round_out
-
-__all__ = ["step_channels", "load_x", "load_rows", "keep_rows", "WEIGHT_EVICTION"]
+__all__ = ["step_channels", "load_rows", "keep_rows", "WEIGHT_EVICTION"]
 
 # Cache hint on every weight load of the GEMV: each weight byte is read once a call, so it
 # goes first when L2 needs room, and x, the thresholds, the split-K workspace and the rest of
@@ -35,50 +33,20 @@ def step_channels(list_ptr, count, K, k_start, j, CHUNK: tl.constexpr, COMPACT: 
 
 
 @triton.jit
-def load_x(ptrs, mask, up_off, ACT: tl.constexpr, GATED: tl.constexpr,
-           INTERPRET: tl.constexpr):  # fmt: skip
-    """x at ``ptrs`` in its own dtype (masked-off entries 0). With an input prologue
-    (``input_prologue.py``; ACT = its activation code, 0 = none) ``ptrs`` point at the gate
-    operand in src and x = act(gate) [* src at ptrs + up_off], in fp32, rounded once to src's
-    dtype; every activation maps 0 to 0, so masked entries stay 0."""
-    v = tl.load(ptrs, mask=mask, other=0.0)
-    if ACT != 0:
-        g = v.to(tl.float32)
-        if ACT == 1:  # silu
-            h = g * tl.sigmoid(g)
-        elif ACT == 2:  # gelu, tanh form: 0.5 (1 + tanh(z)) = sigmoid(2 z)
-            h = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g))
-        elif ACT == 3:  # gelu, erf form
-            h = 0.5 * g * (1.0 + tl.erf(g * 0.7071067811865476))
-        else:  # relu
-            h = tl.maximum(g, 0.0)
-        if GATED:
-            h = h * tl.load(ptrs + up_off, mask=mask, other=0.0).to(tl.float32)
-        v = _round_out(h, ptrs, INTERPRET)
-    return v
-
-
-@triton.jit
-def load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M: tl.constexpr, up_off=0,
-              ACT: tl.constexpr = 0, GATED: tl.constexpr = 0,
-              INTERPRET: tl.constexpr = 0):  # fmt: skip
-    """Thresholds and x of up to 4 rows at channels offs_k, in x's dtype (rows >= M and
-    missing channels: x = 0, threshold = inf); ACT, GATED, up_off: the input prologue
-    (``load_x``). Nothing is converted to fp32 here."""
+def load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M: tl.constexpr):
+    """Thresholds and x of up to 4 rows at channels offs_k, as loaded (rows >= M and
+    missing channels: x = 0, threshold = inf). Nothing is converted here."""
     zk = tl.zeros_like(offs_k)  # a tensor compare (the interpreter rejects scalar masks)
     thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
-    r0 = load_x(x_ptr + offs_k, ok, up_off, ACT, GATED, INTERPRET)
+    r0 = tl.load(x_ptr + offs_k, mask=ok, other=0.0)
     r1 = r0
     r2 = r0
     r3 = r0
     if BLOCK_M >= 2:
-        r1 = load_x(x_ptr + stride_xm + offs_k, ok & (zk < M - 1), up_off, ACT, GATED,
-                    INTERPRET)  # fmt: skip
+        r1 = tl.load(x_ptr + stride_xm + offs_k, mask=ok & (zk < M - 1), other=0.0)
     if BLOCK_M >= 4:
-        r2 = load_x(x_ptr + 2 * stride_xm + offs_k, ok & (zk < M - 2), up_off, ACT, GATED,
-                    INTERPRET)  # fmt: skip
-        r3 = load_x(x_ptr + 3 * stride_xm + offs_k, ok & (zk < M - 3), up_off, ACT, GATED,
-                    INTERPRET)  # fmt: skip
+        r2 = tl.load(x_ptr + 2 * stride_xm + offs_k, mask=ok & (zk < M - 2), other=0.0)
+        r3 = tl.load(x_ptr + 3 * stride_xm + offs_k, mask=ok & (zk < M - 3), other=0.0)
     return thr, r0, r1, r2, r3
 
 

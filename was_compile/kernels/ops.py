@@ -1,5 +1,5 @@
 """``torch.ops.was.sparse_linear``: the custom op the backend puts in place of each site group
-(and ``sparse_linear_gated``, the same with the input computed by an input prologue).
+(and ``sparse_linear_act``, the same followed by the activation an MLP applies to it).
 
 Registered through ``torch.library.custom_op`` so it is opaque to Inductor and may branch in
 Python on the number of rows (decode kernel vs prefill path) without adding guards; a fake
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from . import switch_points
-from .input_prologue import InputPrologue, prologue_reference
+from .output_activation import OutputActivation, activation_reference
 from .reference import dense_linear, sparse_linear_reference
 
 DECODE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -48,29 +48,28 @@ def reserve_decode_workspace(weight_t: torch.Tensor, segment_ends: list[int],
     reserve_workspace_for(weight_t, segment_ends, max_rows)
 
 
-def _sparse_linear(src: torch.Tensor, prologue: InputPrologue | None, weight_t: torch.Tensor,
-                   thresholds: torch.Tensor, segment_ends: list[int], bias: torch.Tensor | None,
-                   sparse_prefill: bool, max_decode_rows: int,
-                   sparsity_hint: float) -> torch.Tensor:  # fmt: skip
-    """Both ops: src is the site input x, or what ``prologue`` computes it from."""
-    k = weight_t.shape[0]
-    c = src.shape[-1]
-    rows = src.numel() // c if c else 0
+def _sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor,
+                   segment_ends: list[int], bias: torch.Tensor | None, sparse_prefill: bool,
+                   max_decode_rows: int, sparsity_hint: float,
+                   activation: OutputActivation | None) -> torch.Tensor:  # fmt: skip
+    """Both ops; ``activation``: return act(gate) * up (or act(y)) instead of y."""
+    k = x.shape[-1]
+    rows = x.numel() // k if k else 0
 
-    def site_input() -> torch.Tensor:
-        return src if prologue is None else prologue_reference(src, prologue)
+    def finish(y: torch.Tensor) -> torch.Tensor:
+        return y if activation is None else activation_reference(y, activation, segment_ends)
 
     if rows > max_decode_rows and not sparse_prefill:
-        return dense_linear(site_input(), weight_t, bias)
-    gemv = _triton_gemv() if src.is_cuda and src.dtype in DECODE_DTYPES else None
+        return finish(dense_linear(x, weight_t, bias))
+    gemv = _triton_gemv() if x.is_cuda and x.dtype in DECODE_DTYPES else None
     if rows <= max_decode_rows and gemv is not None:
         hint = sparsity_hint if sparsity_hint >= 0 else None
-        limit = switch_points.decode_rows_limit(src, k, segment_ends, _bucket(hint))
+        limit = switch_points.decode_rows_limit(x, k, segment_ends, _bucket(hint))
         if limit is None or rows <= limit:
-            y = gemv(src.reshape(rows, c), weight_t, thresholds, segment_ends, bias,
-                     sparsity_hint=hint, prologue=prologue)  # fmt: skip
-            return y.reshape(*src.shape[:-1], weight_t.shape[1])
-    return sparse_linear_reference(site_input(), weight_t, thresholds, segment_ends, bias)
+            y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias,
+                     sparsity_hint=hint, activation=activation)  # fmt: skip
+            return y.reshape(*x.shape[:-1], y.shape[-1])
+    return finish(sparse_linear_reference(x, weight_t, thresholds, segment_ends, bias))
 
 
 @torch.library.custom_op("was::sparse_linear", mutates_args=())
@@ -94,8 +93,8 @@ def sparse_linear(
     ``sparsity_hint`` (the schedule's sparsity, or -1 for unknown) only picks the kernel's
     autotuning bucket.
     """
-    return _sparse_linear(x, None, weight_t, thresholds, segment_ends, bias, sparse_prefill,
-                          max_decode_rows, sparsity_hint)  # fmt: skip
+    return _sparse_linear(x, weight_t, thresholds, segment_ends, bias, sparse_prefill,
+                          max_decode_rows, sparsity_hint, None)  # fmt: skip
 
 
 @sparse_linear.register_fake
@@ -106,38 +105,35 @@ def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_ro
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
 
 
-@torch.library.custom_op("was::sparse_linear_gated", mutates_args=())
-def sparse_linear_gated(
-    src: torch.Tensor,
-    act: str,
-    gate_start: int,
-    up_start: int,
-    width: int,
+@torch.library.custom_op("was::sparse_linear_act", mutates_args=())
+def sparse_linear_act(
+    x: torch.Tensor,
     weight_t: torch.Tensor,
     thresholds: torch.Tensor,
     segment_ends: list[int],
     bias: torch.Tensor | None,
     sparse_prefill: bool,
     max_decode_rows: int,
-    sparsity_hint: float = -1.0,
+    sparsity_hint: float,
+    act: str,
+    gated: bool,
+    gate_first: bool,
 ) -> torch.Tensor:
-    """``sparse_linear`` whose input x = act(src[..., gate]) [* src[..., up]] is computed
-    inside the decode kernel (``input_prologue.py``): src [..., C]; the gate operand is
-    columns [gate_start, gate_start + width), the up operand [up_start, up_start + width)
-    (``up_start = -1``: none); width == K. Other arguments as in ``sparse_linear``."""
-    prologue = InputPrologue(act, gate_start, width, up_start)
-    return _sparse_linear(src, prologue, weight_t, thresholds, segment_ends, bias,
-                          sparse_prefill, max_decode_rows, sparsity_hint)  # fmt: skip
+    """``sparse_linear`` followed by its output activation (``output_activation.py``), which
+    the decode kernel writes in its epilogue: gated, act(gate) * up [..., N / 2] of a group of
+    two equal segments (gate first or second); else act(y) [..., N]."""
+    activation = OutputActivation(act, gated, gate_first)
+    return _sparse_linear(x, weight_t, thresholds, segment_ends, bias, sparse_prefill,
+                          max_decode_rows, sparsity_hint, activation)  # fmt: skip
 
 
-@sparse_linear_gated.register_fake
-def _(src, act, gate_start, up_start, width, weight_t, thresholds, segment_ends, bias,
-      sparse_prefill, max_decode_rows, sparsity_hint=-1.0):  # fmt: skip
-    torch._check(width == weight_t.shape[0], lambda: "prologue width and weight_t disagree on K")
-    torch._check(gate_start + width <= src.shape[-1], lambda: "gate columns outside src")
-    torch._check(up_start + width <= src.shape[-1], lambda: "up columns outside src")
+@sparse_linear_act.register_fake
+def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_rows,
+      sparsity_hint, act, gated, gate_first):  # fmt: skip
+    torch._check(x.shape[-1] == weight_t.shape[0], lambda: "x and weight_t disagree on K")
     torch._check(thresholds.shape[0] == len(segment_ends), lambda: "one threshold row a segment")
-    return src.new_empty((*src.shape[:-1], weight_t.shape[1]))
+    n = weight_t.shape[1]
+    return x.new_empty((*x.shape[:-1], n // 2 if gated else n))
 
 
 def _no_backward(ctx, grad):  # noqa: ANN001
@@ -148,4 +144,4 @@ def _no_backward(ctx, grad):  # noqa: ANN001
 
 
 sparse_linear.register_autograd(_no_backward)
-sparse_linear_gated.register_autograd(_no_backward)
+sparse_linear_act.register_autograd(_no_backward)

@@ -143,17 +143,42 @@ def _splitk_reduce_kernel(part_ptr, nsplit_ptr, bias_ptr, y_ptr, MN, N,
 
 
 @triton.jit
+def _activation(v, ACT: tl.constexpr):
+    """act(v) in fp32; ACT: ``output_activation.ACTIVATIONS`` code (1 silu, 2 gelu tanh form,
+    3 gelu erf form, 4 relu)."""
+    if ACT == 1:
+        out = v * tl.sigmoid(v)
+    elif ACT == 2:  # 0.5 (1 + tanh(z)) = sigmoid(2 z)
+        out = v * tl.sigmoid(1.5957691216057308 * (v + 0.044715 * v * v * v))
+    elif ACT == 3:
+        out = 0.5 * v * (1.0 + tl.erf(v * 0.7071067811865476))
+    else:
+        out = tl.maximum(v, 0.0)
+    return out
+
+
+@triton.jit
 def _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, ws_ptr, ticket_ptr, bias_ptr,
-                            y_ptr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+                            y_ptr, h_ptr, HALF, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr,
+                            ACT: tl.constexpr = 0, GATED: tl.constexpr = 0,
+                            GATE_FIRST: tl.constexpr = 1):  # fmt: skip
     """``atomic`` reduction, run by every CTA after its loop: part [rows, BLOCK_N] fp32 is this
-    CTA's share of y[offs_m, offs_n]; the last of the tile's CTAs writes y and re-zeroes."""
+    CTA's share of y[offs_m, offs_n]; the last of the tile's CTAs writes y and re-zeroes.
+
+    ACT (``output_activation.py``): that CTA also writes h [M, N] = act(y) (not GATED) or, for a
+    gate|up group of two segments of HALF columns each, h [M, HALF] = act(gate) * up: column
+    tiles t and t + tiles / 2 hold the same columns of gate and up, and of the two CTAs that
+    finish them the second (a per-pair ticket after the column tickets) reads the first's y
+    back from L2 and writes h for those columns."""
     idx = offs_m[:, None] * N + offs_n[None, :]
     mask = (offs_m[:, None] < M) & n_mask[None, :]
     nsplit = tl.num_programs(1)
+    final = nsplit > 0  # this CTA writes the tile (a scalar True until tickets say otherwise)
     if nsplit > 1:
         tl.atomic_add(ws_ptr + idx, part, mask=mask, sem="relaxed")
         tl.debug_barrier()  # every thread's adds precede the release of the ticket below
         ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")
+        final = ticket == nsplit - 1
         # (broadcast through idx: in the interpreter a scalar mask ANDed in comes out int32)
         mask = mask & ((idx * 0 + ticket) == nsplit - 1)
         # the last CTA reads the tile's sum from L2 (.cg: not through the SM's L1, which is
@@ -167,4 +192,27 @@ def _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, ws_ptr, ticket_p
         tl.store(ticket_ptr + tl.program_id(0), 0, mask=ticket == nsplit - 1)
     if HAS_BIAS:
         part += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + idx, _round_out(part, y_ptr, INTERPRET), mask=mask)
+    y = _round_out(part, y_ptr, INTERPRET)
+    tl.store(y_ptr + idx, y, mask=mask)
+    if ACT != 0:
+        y = y.to(tl.float32)  # act reads the rounded output, as a separate kernel would
+        if GATED:
+            tiles = tl.num_programs(0) // 2
+            second = tl.program_id(0) >= tiles
+            pair_ptr = ticket_ptr + 2 * tiles + tl.program_id(0) - tiles * second
+            tl.debug_barrier()  # every thread's y stores precede the release of the pair ticket
+            arrived = tl.atomic_add(pair_ptr, 1, sem="acq_rel", mask=final)
+            last = final & (arrived == 1)
+            mask = mask & ((idx * 0 + last.to(tl.int32)) == 1)
+            shift = tl.where(second, -HALF, HALF)  # from this tile's columns to its partner's
+            other = tl.load(y_ptr + idx + shift, mask=mask, other=0.0, cache_modifier=".cg")
+            other = other.to(tl.float32)
+            own_gate = second != GATE_FIRST  # gate first: the first half's tiles hold the gate
+            gate = tl.where(own_gate, y, other)
+            up = tl.where(own_gate, other, y)
+            cols = offs_n - tl.where(second, HALF, 0)
+            h = _round_out(_activation(gate, ACT) * up, h_ptr, INTERPRET)
+            tl.store(h_ptr + offs_m[:, None] * HALF + cols[None, :], h, mask=mask)
+            tl.store(pair_ptr, 0, mask=last)
+        else:
+            tl.store(h_ptr + idx, _round_out(_activation(y, ACT), h_ptr, INTERPRET), mask=mask)

@@ -67,7 +67,7 @@ from .autotune_configs import (
     sparsity_bucket,
 )
 from .fma_wide import _fma_tile_wide
-from .gemv_rows import WEIGHT_EVICTION, keep_rows, load_rows, load_x, step_channels
+from .gemv_rows import WEIGHT_EVICTION, keep_rows, load_rows, step_channels
 from .gemv_tuner import (
     capturing,
     choose_config,
@@ -76,7 +76,7 @@ from .gemv_tuner import (
     tuning_key,
     weight_copies,
 )
-from .input_prologue import InputPrologue
+from .output_activation import OutputActivation, activation_reference
 from .splitk import (
     REDUCTION_MODES,
     _atomic_splitk_epilogue,
@@ -92,9 +92,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _compact_chunk(x_ptr, thr_ptr, list_ptr, M, K, stride_xm, k_start, up_off,
-                   M_ROWS: tl.constexpr, CHUNK: tl.constexpr, ACT: tl.constexpr,
-                   GATED: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+def _compact_chunk(x_ptr, thr_ptr, list_ptr, M, K, stride_xm, k_start,
+                   M_ROWS: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
     """COMPACT variant, once per CTA: write the channels of [k_start, k_start + CHUNK) kept by
     at least one row of x, in increasing order, to list_ptr[0:count] (this CTA's own slice of
     an int32 scratch buffer); return count. The main loop then reads BLOCK_K kept rows per
@@ -105,8 +104,7 @@ def _compact_chunk(x_ptr, thr_ptr, list_ptr, M, K, stride_xm, k_start, up_off,
     thr = tl.load(thr_ptr + offs, mask=ok, other=float("inf"))
     kept = zc
     for r in tl.static_range(M_ROWS):
-        xr = load_x(x_ptr + r * stride_xm + offs, ok & (zc < M - r), up_off, ACT, GATED,
-                    INTERPRET)  # fmt: skip
+        xr = tl.load(x_ptr + r * stride_xm + offs, mask=ok & (zc < M - r), other=0.0)
         kept = kept | (tl.abs(xr.to(tl.float32)) > thr).to(tl.int32)
     pos = tl.cumsum(kept, axis=0) - 1
     tl.store(list_ptr + pos, offs, mask=kept > 0)
@@ -115,24 +113,21 @@ def _compact_chunk(x_ptr, thr_ptr, list_ptr, M, K, stride_xm, k_start, up_off,
 
 
 @triton.jit
-def _fma_rows(x_ptr, thr_ptr, list_ptr, count, K, stride_xm, k_start, j, M, up_off,
-              BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, COMPACT: tl.constexpr,
-              ACT: tl.constexpr, GATED: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+def _fma_rows(x_ptr, thr_ptr, list_ptr, count, K, stride_xm, k_start, j, M,
+              BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, COMPACT: tl.constexpr):  # fmt: skip
     """Channels of step j (contiguous, or the next BLOCK_K entries of the kept list), their
     x for up to 4 rows in fp32 (rows >= M are 0) and the rows' keep masks; x of a dropped
     channel is zeroed here, so the FMA needs no select. Out-of-chunk steps keep nothing."""
     offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M, up_off,
-                                    ACT, GATED, INTERPRET)  # fmt: skip
+    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
     kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     return offs_k, kept, x0, x1, x2, x3
 
 
 @triton.jit
 def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, offs_n,
-              n_mask, up_off, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
-              ACT: tl.constexpr, GATED: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+              n_mask, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              K_ITERS: tl.constexpr, COMPACT: tl.constexpr):  # fmt: skip
     """CUDA-core path for 1, 2 or 4 rows: one elementwise fp32 accumulator [BLOCK_K, BLOCK_N]
     per row (reduced over K once, after the loop), all in the weight tile's own layout.
 
@@ -144,8 +139,7 @@ def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
     CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     j = tl.arange(0, BLOCK_K)
     offs_k, kept, x0, x1, x2, x3 = _fma_rows(x_ptr, thr_ptr, list_ptr, count, K, stride_xm,
-                                             k_start, j, M, up_off, BLOCK_M, CHUNK, COMPACT,
-                                             ACT, GATED, INTERPRET)  # fmt: skip
+                                             k_start, j, M, BLOCK_M, CHUNK, COMPACT)  # fmt: skip
     w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
                 mask=kept[:, None] & n_mask[None, :], other=0.0,
                 eviction_policy=WEIGHT_EVICTION)  # fmt: skip
@@ -158,9 +152,8 @@ def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
         # (past the chunk nothing is kept, so the last prefetch reads nothing)
         j += BLOCK_K
         offs_n_k, kept_n, y0, y1, y2, y3 = _fma_rows(x_ptr, thr_ptr, list_ptr, count, K,
-                                                     stride_xm, k_start, j, M, up_off, BLOCK_M,
-                                                     CHUNK, COMPACT, ACT, GATED,
-                                                     INTERPRET)  # fmt: skip
+                                                     stride_xm, k_start, j, M, BLOCK_M, CHUNK,
+                                                     COMPACT)  # fmt: skip
         w_next = tl.load(w_ptr + offs_n_k[:, None] * N + offs_n[None, :],
                          mask=kept_n[:, None] & n_mask[None, :], other=0.0,
                          eviction_policy=WEIGHT_EVICTION)  # fmt: skip
@@ -188,9 +181,8 @@ def _fma_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
 
 @triton.jit
 def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, offs_n,
-              n_mask, up_off, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              K_ITERS: tl.constexpr, COMPACT: tl.constexpr, ACT: tl.constexpr,
-              GATED: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
+              n_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr,
+              COMPACT: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
     """Tensor-core path: x (padded to 16 rows) @ weight tile, fp32 accumulator [16, BLOCK_N]."""
     offs_m = tl.arange(0, 16)  # mma needs >= 16 rows: x is padded with masked rows
     m_mask = offs_m < M
@@ -202,8 +194,7 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
         offs_k = k_start + j
         ok = offs_k < K
     x_rows = x_ptr + offs_m[:, None] * stride_xm
-    x = load_x(x_rows + offs_k[None, :], m_mask[:, None] & ok[None, :], up_off, ACT, GATED,
-               INTERPRET)  # fmt: skip
+    x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & ok[None, :], other=0.0)
     thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
     acc = tl.zeros([16, BLOCK_N], dtype=tl.float32)
     for _ in range(K_ITERS):
@@ -223,8 +214,7 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
         else:
             offs_k = k_start + j
             ok = offs_k < K
-        x_next = load_x(x_rows + offs_k[None, :], m_mask[:, None] & ok[None, :], up_off, ACT,
-                        GATED, INTERPRET)  # fmt: skip
+        x_next = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & ok[None, :], other=0.0)
         thr = tl.load(thr_ptr + offs_k, mask=ok, other=float("inf"))
         xm = tl.where(keep, x, tl.zeros_like(x))  # exact zeros in x's own dtype
         if INTERPRET:  # interpreter only: its tl.dot multiplies bf16 bit patterns as ints
@@ -239,20 +229,21 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
 
 @triton.jit(do_not_specialize=["SPARSITY_BUCKET"])
 def _sparse_gemv_kernel(
-    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base, ticket_ptr, bias_ptr, y_ptr,
-    M, N, K, stride_xm, stride_thr,
+    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base, ticket_ptr, bias_ptr, y_ptr, h_ptr,
+    M, N, K, stride_xm, stride_thr, HALF,
     E0, E1, E2, E3, E4, E5, E6, E7,
-    SPARSITY_BUCKET, UP_OFF,
+    SPARSITY_BUCKET,
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
-    ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    GATED: tl.constexpr,
+    ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
-    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0,
+    COMPACT: tl.constexpr, WIDE: tl.constexpr = 0, ACT: tl.constexpr = 0,
+    GATED: tl.constexpr = 0, GATE_FIRST: tl.constexpr = 1,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
     ATOMIC_REDUCE: adds its fp32 partial into the zeroed workspace part[:M, :] and the tile's
     last CTA writes y (splitk.py); else writes it to part[pid_k, :M, n0:n0 + BLOCK_N] for the
-    ordered reduction kernel."""
+    ordered reduction kernel. ACT, GATED, GATE_FIRST, h_ptr, HALF: the output activation
+    the atomic epilogue writes (``output_activation.py``)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
 
@@ -308,31 +299,32 @@ def _sparse_gemv_kernel(
     thr_row = thr_ptr + seg * stride_thr
     if COMPACT:
         list_ptr = list_base + (pid_k * tl.num_programs(0) + pid_n) * (BLOCK_K * K_ITERS)
-        count = _compact_chunk(x_ptr, thr_row, list_ptr, M, K, stride_xm, k_start, UP_OFF,
-                               M_BUCKET, BLOCK_K * K_ITERS, ACT, GATED, INTERPRET)  # fmt: skip
+        count = _compact_chunk(x_ptr, thr_row, list_ptr, M, K, stride_xm, k_start,
+                               M_BUCKET, BLOCK_K * K_ITERS)  # fmt: skip
     else:
         list_ptr = list_base
         count = 0
 
     if USE_DOT or M_BUCKET > 4:  # the FMA paths carry at most 4 rows
         part = _dot_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
-                         offs_n, n_mask, UP_OFF, BLOCK_N, BLOCK_K, K_ITERS, COMPACT, ACT,
-                         GATED, INTERPRET)  # fmt: skip
+                         offs_n, n_mask, BLOCK_N, BLOCK_K, K_ITERS, COMPACT,
+                         INTERPRET)  # fmt: skip
         offs_m = tl.arange(0, 16)
     elif WIDE:  # wide tiles: many rows per thread, K reduced in-thread (fma_wide.py)
         part = _fma_tile_wide(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
                               k_start, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
-                              COMPACT, SEG_ALIGNED, UP_OFF, ACT, GATED, INTERPRET)  # fmt: skip
+                              COMPACT, SEG_ALIGNED)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
     else:
         part = _fma_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
-                         offs_n, n_mask, UP_OFF, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS, COMPACT,
-                         ACT, GATED, INTERPRET)  # fmt: skip
+                         offs_n, n_mask, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
+                         COMPACT)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
 
     if ATOMIC_REDUCE:
         _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,
-                                bias_ptr, y_ptr, HAS_BIAS, INTERPRET)  # fmt: skip
+                                bias_ptr, y_ptr, h_ptr, HALF, HAS_BIAS, INTERPRET, ACT, GATED,
+                                GATE_FIRST)  # fmt: skip
     else:
         p_ptrs = part_ptr + pid_k * (M * N) + offs_m[:, None] * N + offs_n[None, :]
         tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
@@ -356,18 +348,17 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, prologue) -> dict:
+def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, activation) -> dict:
     """The config of this call's tuning key: chosen once per process (``gemv_tuner``: from
     its disk cache, else by timing the pruner's candidates as decode runs them); with
     ``WAS_AUTOTUNE=0`` or a single candidate (interpreter), the first one, untimed. A call
-    with an input prologue shares the key of its plain shape (the prologue adds a few loads
-    of x per step, next to the weight rows)."""
-    k = weight_t.shape[0]
-    key = (ends, k, mb, sb, x.dtype, atomic, x.device)
+    with an output activation shares the key of its plain shape (the activation adds work to
+    the epilogue only)."""
+    key = (ends, x.shape[1], mb, sb, x.dtype, atomic, x.device)
     cfg = _CHOSEN.get(key)
     if cfg is not None:
         return cfg
-    candidates = candidate_configs(ends, k, mb, sb, x.element_size(), atomic)
+    candidates = candidate_configs(ends, x.shape[1], mb, sb, x.element_size(), atomic)
     if len(candidates) == 1 or not autotune_enabled():
         return config_dict(candidates[0])  # not memoised: WAS_AUTOTUNE may change
     copies: list = []
@@ -377,10 +368,10 @@ def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, prologue)
         if not copies:  # made on the first timing only (a cache hit allocates nothing)
             copies.extend(weight_copies(weight_t))
         return [functools.partial(sparse_gemv, x, w, thresholds, ends, bias, config=c,
-                                  reduction=reduction, prologue=prologue)
+                                  reduction=reduction, activation=activation)
                 for w in copies]  # fmt: skip
 
-    name = tuning_key(_device_name(x.device), x.dtype, k, ends, mb, sb, atomic)
+    name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
     cfg = choose_config(name, candidates, sequence_timer(calls_for))
     copies.clear()
     if not capturing():  # a call inside a capture got an untimed pick: not remembered
@@ -413,7 +404,7 @@ def _check_segment_ends(segment_ends, n: int) -> tuple:
     return ends
 
 
-def _validate(x, weight_t, thresholds, segment_ends, bias, prologue):
+def _validate(x, weight_t, thresholds, segment_ends, bias):
     for name, t in (("x", x), ("weight_t", weight_t), ("thresholds", thresholds)):
         if not isinstance(t, torch.Tensor):
             _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -422,12 +413,6 @@ def _validate(x, weight_t, thresholds, segment_ends, bias, prologue):
     if x.dim() != 2:
         _fail(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
     m, k = x.shape
-    if prologue is not None:
-        try:
-            prologue.check(k)
-        except ValueError as e:
-            _fail(str(e))
-        k = prologue.width
     if not 1 <= m <= MAX_M:
         _fail(f"M = x.shape[0] must be in 1..{MAX_M} (decode GEMV), got {m}")
     if weight_t.dim() != 2 or weight_t.shape[0] != k:
@@ -492,7 +477,7 @@ def reserve_workspace_for(weight_t: torch.Tensor, segment_ends: Sequence[int],
     capture (the backend calls it at compile time)."""
     ends = _check_segment_ends(segment_ends, weight_t.shape[1])
     reserve_workspace(weight_t.device, min(max_rows, MAX_M) * weight_t.shape[1],
-                      _max_column_tiles(ends))  # fmt: skip
+                      _tickets(_max_column_tiles(ends)))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4096)
@@ -500,6 +485,12 @@ def _max_column_tiles(ends: tuple) -> int:
     """Most column tiles any config of the space launches for these segments (the atomic
     workspace holds one ticket per column tile)."""
     return max(column_tiles(ends, c.kwargs["BLOCK_N"]) for c in get_autotune_configs())
+
+
+def _tickets(tiles: int) -> int:
+    """Counters a launch of ``tiles`` column tiles uses: one a tile, and one a pair of gate
+    and up tiles for a gated output activation (``splitk._atomic_splitk_epilogue``)."""
+    return tiles + (tiles + 1) // 2
 
 
 def _grid(ends: tuple, k: int):
@@ -522,7 +513,7 @@ def sparse_gemv(
     sparsity_hint: float | None = None,
     config: dict | None = None,
     reduction: str | None = None,
-    prologue: InputPrologue | None = None,
+    activation: OutputActivation | None = None,
 ) -> torch.Tensor:
     """x [M, K] (M 1..16), weight_t [K, N] contiguous, thresholds [S, K] fp32, segment_ends
     increasing, last == N; bias [N] or None. Returns y [M, N] in x.dtype with
@@ -536,19 +527,21 @@ def sparse_gemv(
     variable ``WAS_AUTOTUNE=0`` the pruner's first-ranked config runs untimed (quick checks;
     slower kernels). ``reduction``: how split-K parts are summed, ``"atomic"`` or
     ``"ordered"`` (``splitk.py``); default from ``WAS_SPLITK_REDUCTION`` (atomic).
-    ``prologue``: x is then src [M, C] and the input is computed from it in the kernel
-    (``input_prologue.py``: act(gate) [* up], K = prologue.width columns).
+    ``activation``: return act(gate) * up [M, N / 2] (or act(y)) instead of y, written by the
+    atomic epilogue (``output_activation.py``; with the ordered reduction, computed after it).
     """
     if reduction is not None and reduction not in REDUCTION_MODES:
         _fail(f"reduction must be one of {REDUCTION_MODES}, got {reduction!r}")
-    m, k, n, ends = _validate(x, weight_t, thresholds, segment_ends, bias, prologue)
+    m, k, n, ends = _validate(x, weight_t, thresholds, segment_ends, bias)
+    if activation is not None:
+        try:
+            activation.check(ends)
+        except ValueError as e:
+            _fail(str(e))
+        if activation.gated and len(ends) == 1:  # a fused gate_up: its halves as two segments
+            ends, thresholds = (n // 2, n), thresholds.expand(2, k)
     if x.stride(1) != 1:
         x = x.contiguous()
-    x_in, up_off, act, gated = x, 0, 0, False  # what the kernel reads as x
-    if prologue is not None:
-        x_in = x[:, prologue.gate_start :]  # a view: the kernel's x pointer at the gate
-        up_off = prologue.up_start - prologue.gate_start if prologue.gated else 0
-        act, gated = prologue.code, prologue.gated
     if thresholds.stride(1) != 1:
         thresholds = thresholds.contiguous()
     if bias is not None and not bias.is_contiguous():
@@ -562,7 +555,7 @@ def sparse_gemv(
     want_atomic = (reduction if reduction is not None else reduction_mode()) == "atomic"
 
     def workspace_for(tiles: int):  # None on a GPU where none is reserved: ordered reduction
-        return atomic_workspace(device, m * n, tiles) if want_atomic else None
+        return atomic_workspace(device, m * n, _tickets(tiles)) if want_atomic else None
 
     required = ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT")
     tuned = config is None
@@ -570,7 +563,7 @@ def sparse_gemv(
         # the workspace first: whether it exists decides the candidates' split-K bound
         workspace = workspace_for(_max_column_tiles(ends))
         config = _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, workspace is not None,
-                               prologue)  # fmt: skip
+                               activation)  # fmt: skip
     missing = [key for key in required if key not in config]
     if missing:
         _fail(f"config is missing {missing}")
@@ -597,6 +590,8 @@ def sparse_gemv(
 
     kept_lists = torch.empty((list_size,), dtype=torch.int32, device=device)
     y = torch.empty((m, n), dtype=x.dtype, device=device)
+    fused = activation is not None and atomic  # the epilogue writes h
+    h = torch.empty((m, activation.columns(n)), dtype=x.dtype, device=device) if fused else y
     if workspace is not None:
         partials, tickets = workspace
         nsplit = tickets  # unused by the atomic epilogue
@@ -607,15 +602,18 @@ def sparse_gemv(
     has_bias = bias is not None
 
     args = (
-        x_in, weight_t, thresholds, partials, nsplit, kept_lists, tickets,
-        bias if has_bias else y, y,
-        m, n, k, x.stride(0), thresholds.stride(0),
+        x, weight_t, thresholds, partials, nsplit, kept_lists, tickets,
+        bias if has_bias else y, y, h,
+        m, n, k, x.stride(0), thresholds.stride(0), ends[0],
         *e_args,
-        sb, up_off, mb, seg_aligned, interpret_mode(), atomic, has_bias, act, gated,
+        sb, mb, seg_aligned, interpret_mode(), atomic, has_bias,
     )  # fmt: skip
     launch = {}
     if config.get("maxnreg") and not interpret_mode():  # register cap (ptxas)
         launch["maxnreg"] = int(config["maxnreg"])
+    if fused:
+        meta.update(ACT=activation.code, GATED=int(activation.gated),
+                    GATE_FIRST=int(activation.gate_first))  # fmt: skip
     _LAST_CONFIG[0] = config
     _sparse_gemv_kernel[_grid(ends, k)](
         *args,
@@ -633,4 +631,6 @@ def sparse_gemv(
             HAS_BIAS=has_bias, MAX_SPLIT=max_split_p2, BLOCK=block,
             INTERPRET=interpret_mode(), num_warps=4,
         )  # fmt: skip
-    return y
+    if activation is not None and not fused:
+        return activation_reference(y, activation, ends)
+    return h

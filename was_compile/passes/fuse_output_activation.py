@@ -1,20 +1,22 @@
-"""Fold a site's pointwise input into its kernel: ``act(gate) * up`` -> ``sparse_linear_gated``.
+"""Fold an MLP's ``act(gate) * up`` into the gate|up kernel: -> ``was.sparse_linear_act``.
 
 After ``rewrite_sparse_linear`` an MLP reads, per block,
 
-    gu = was.sparse_linear(h, W_gate|up, ...)            # one launch for gate and up
-    x = act(gu[..., 0:I]) * gu[..., I:2I]                # Inductor: one more kernel
+    gu = was.sparse_linear(h, W_gate|up, ends=[I, 2I], ...)   # one launch for gate and up
+    x = act(gu[..., 0:I]) * gu[..., I:2I]                     # Inductor: one more kernel
     y = was.sparse_linear(x, W_down, ...)
 
-This pass replaces the last two lines by ``was.sparse_linear_gated(gu, act, 0, I, I, W_down,
-...)``, which computes x inside the down GEMV (``kernels/input_prologue.py``): one kernel
-launch and one round trip of x through memory fewer per block and decode step.
+This pass replaces the first two lines by ``x = was.sparse_linear_act(h, W_gate|up, ...,
+act, gated=True, gate_first=True)``, whose decode kernel writes x from its split-K epilogue
+(``kernels/output_activation.py``): one kernel launch, and the gap around it, fewer per block
+and decode step. ``act(fc1)`` of a plain MLP folds the same way (``gated=False``).
 
-Recognised from the graph, not from names: x is ``act(a) * b`` (either operand order) or
-``act(a)``, with act one of silu, gelu (erf or tanh), relu (not in place), a and b column
-ranges of one tensor (``t[..., i:j]`` slices, or pieces of ``chunk``/``split`` along the last
-dimension; a whole tensor is its full range), as wide as the site's input, with x in that
-tensor's dtype, and nothing else reading act(a) or x. Anything else is left as it is.
+Recognised from the graph, not from names: x is ``act(a) * b`` (either operand order) with a
+and b the two halves of one ``was.sparse_linear`` group (two equal segments, or one fused
+gate_up; ``t[..., i:j]`` slices, or the pieces of ``chunk``/``split`` along the last
+dimension), or ``act(t)`` of a whole group output; act is silu, gelu (erf or tanh form) or
+relu, not in place; x has the group's dtype; and nothing else reads the group's output or
+act(a). Anything else is left as it is.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from ..kernels import ops as _ops  # noqa: F401  (registers the ops)
 from .detect_sites import _tensor_meta, op_name
 
 MUL_NAMES = frozenset({"mul", "__mul__"})
+ACT_NAMES = frozenset({"silu", "gelu", "relu"})
 SPLIT_NAMES = frozenset({"chunk", "split"})
-WAS_OPS = ("sparse_linear", "sparse_linear_gated")
+WAS_OPS = ("sparse_linear", "sparse_linear_act")
 
 
 def _was_op(node: object) -> bool:
@@ -45,16 +48,17 @@ def _shape_dtype(node: object) -> tuple[int, int, torch.dtype] | None:
     meta of the linear they replaced (one segment's width), so theirs are read from their
     arguments: N is the last segment end, the dtype the input's."""
     if _was_op(node):
-        gated = node.target is torch.ops.was.sparse_linear_gated.default
-        ends = node.args[7] if gated else node.args[3]
+        ends = node.args[3]
         inner = _shape_dtype(node.args[0])
-        return None if inner is None else (inner[0], ends[-1], inner[2])
+        gated = node.target is torch.ops.was.sparse_linear_act.default and node.args[9]
+        n = ends[-1] // 2 if gated else ends[-1]
+        return None if inner is None else (inner[0], n, inner[2])
     t = _tensor_meta(node)
     return None if t is None or t.dim() == 0 else (t.dim(), t.shape[-1], t.dtype)
 
 
 def _activation(node: object) -> tuple[str, fx.Node] | None:
-    """(prologue activation name, operand) when ``node`` is a supported activation call."""
+    """(activation name, operand) when ``node`` is a supported activation call."""
     if not isinstance(node, fx.Node) or node.op != "call_function" or not node.args:
         return None
     name, arg = op_name(node), node.args[0]
@@ -121,9 +125,17 @@ def _column_range(node: object) -> tuple[fx.Node, int, int] | None:
     return None if sd is None else (node, 0, sd[1])
 
 
-def _match(x: object, width: int) -> tuple[fx.Node, str, int, int, list[fx.Node]] | None:
-    """(src, act, gate_start, up_start, nodes made dead) for a site input x, or None."""
-    xt = _shape_dtype(x) if isinstance(x, fx.Node) and len(x.users) == 1 else None
+def _group(node: object) -> bool:
+    return (
+        isinstance(node, fx.Node)
+        and node.op == "call_function"
+        and node.target is torch.ops.was.sparse_linear.default
+    )
+
+
+def _match(x: fx.Node) -> tuple[fx.Node, str, bool, bool, list[fx.Node]] | None:
+    """(group node, act, gated, gate_first, nodes left unused) when x folds, else None."""
+    xt = _shape_dtype(x)
     if xt is None:
         return None
     if op_name(x) in MUL_NAMES and len(x.args) == 2 and not x.kwargs:
@@ -132,50 +144,55 @@ def _match(x: object, width: int) -> tuple[fx.Node, str, int, int, list[fx.Node]
             if act is None or len(a.users) != 1:
                 continue
             gate, up = _column_range(act[1]), _column_range(b)
-            if gate is None or up is None or gate[0] is not up[0]:
+            if gate is None or up is None or gate[0] is not up[0] or not _group(gate[0]):
                 continue
-            if gate[2] != width or up[2] != width:
+            ends = list(gate[0].args[3])
+            half = ends[-1] // 2
+            if ends not in ([half, 2 * half], [2 * half]) or gate[2] != half or up[2] != half:
                 continue
-            if _shape_dtype(gate[0])[2] != xt[2]:
+            if {gate[1], up[1]} != {0, half} or _shape_dtype(gate[0])[2] != xt[2]:
                 continue
-            return gate[0], act[0], gate[1], up[1], [x, a, act[1], b]
+            return gate[0], act[0], True, gate[1] == 0, [x, a, act[1], b]
         return None
     act = _activation(x)
-    if act is None:
+    whole = _column_range(act[1]) if act is not None else None
+    if whole is None or not _group(whole[0]) or whole[1] != 0:
         return None
-    gate = _column_range(act[1])
-    if gate is None or gate[2] != width or _shape_dtype(gate[0])[2] != xt[2]:
+    if whole[2] != whole[0].args[3][-1] or _shape_dtype(whole[0])[2] != xt[2]:
         return None
-    return gate[0], act[0], gate[1], -1, [x, act[1]]
+    return whole[0], act[0], False, True, [x] + ([act[1]] if act[1] is not whole[0] else [])
 
 
-def fuse_input_prologue(gm: fx.GraphModule) -> int:
-    """Rewrite every ``was.sparse_linear`` whose input is a foldable ``act(a) [* b]`` into
-    ``was.sparse_linear_gated``; return how many were rewritten."""
+def _only_read_by(group: fx.Node, dead: list[fx.Node]) -> bool:
+    """Every reader of the group's output, and of the chunk/split pieces taken from it, is
+    one of the nodes ``dead`` (so nothing needs the output itself once x is fused)."""
+    splits = {d.args[0] for d in dead if op_name(d) == "getitem" and d.args[0] is not group}
+    chain = set(dead) | splits
+    readers = set(group.users).union(*(s.users for s in splits))
+    return readers <= chain
+
+
+def fuse_output_activation(gm: fx.GraphModule) -> int:
+    """Rewrite every foldable ``act(gate) * up`` (or ``act(y)``) of a ``was.sparse_linear``
+    group into one ``was.sparse_linear_act``; return how many were rewritten."""
     graph = gm.graph
     fused = 0
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.was.sparse_linear.default:
+        if node.op != "call_function" or op_name(node) not in MUL_NAMES | ACT_NAMES:
             continue
-        x, weight_t = node.args[0], node.args[1]
-        if weight_t.op != "get_attr":  # rewrite_sparse_linear's buffer
+        match = _match(node)
+        if match is None or not _only_read_by(match[0], match[4]):
             continue
-        k = getattr(gm, weight_t.target).shape[0]
-        match = _match(x, k)
-        if match is None:
-            continue
-        src, act, gate_start, up_start, dead = match
+        group, act, gated, gate_first, dead = match
         with graph.inserting_before(node):
             new = graph.call_function(
-                torch.ops.was.sparse_linear_gated.default,
-                (src, act, gate_start, up_start, k, *node.args[1:]),
-                dict(node.kwargs),
+                torch.ops.was.sparse_linear_act.default,
+                (*group.args[:8], act, gated, gate_first),
             )
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        for d in dead:  # in use order: x first, then what only it read
-            if d is not src and d.op == "call_function" and not d.users:
+        for d in [*dead, *(d.args[0] for d in dead if op_name(d) == "getitem"), group]:
+            if d.op == "call_function" and not d.users and d in graph.nodes:
                 graph.erase_node(d)
         fused += 1
     if fused:
