@@ -230,13 +230,14 @@ def test_op_under_cuda_graphs_and_changing_rows():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 4, 8])
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
-def test_output_activation(act, m, dtype):
+def test_output_activation(act, m, dtype, monkeypatch):
     """act(gate) * up written by the gate|up GEMV's epilogue (Llama-3-8B's gate|up, an odd
     fused gate_up), tuned and replayed in a CUDA graph on fresh inputs, against the float64
     activation of the float64 y within y's tolerance carried through the activation."""
     from was_compile.kernels.output_activation import OutputActivation
     from was_compile.kernels.triton_sparse_gemv import sparse_gemv
 
+    monkeypatch.setenv("WAS_AUTOTUNE", "0")  # the pruner's first config: no tuning per case
     for k, ends, gate_first in [(4096, [14336, 28672], True), (1000, [666], False)]:
         oa = OutputActivation(act, True, gate_first)
         x, w_t, thr, b = _make(m, k, ends, dtype, seed=m + k, sparsity=0.5)
