@@ -476,8 +476,9 @@ def reserve_workspace_for(weight_t: torch.Tensor, segment_ends: Sequence[int],
     weight [K, N] with these segments, whatever config the tuner picks. Outside CUDA-graph
     capture (the backend calls it at compile time)."""
     ends = _check_segment_ends(segment_ends, weight_t.shape[1])
+    # one tile more: a fused gate_up launched as its two halves may take one more tile
     reserve_workspace(weight_t.device, min(max_rows, MAX_M) * weight_t.shape[1],
-                      _tickets(_max_column_tiles(ends)))  # fmt: skip
+                      _tickets(_max_column_tiles(ends) + 1))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4096)

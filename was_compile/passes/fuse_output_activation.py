@@ -150,7 +150,8 @@ def _match(x: fx.Node) -> tuple[fx.Node, str, bool, bool, list[fx.Node]] | None:
             half = ends[-1] // 2
             if ends not in ([half, 2 * half], [2 * half]) or gate[2] != half or up[2] != half:
                 continue
-            if {gate[1], up[1]} != {0, half} or _shape_dtype(gate[0])[2] != xt[2]:
+            gd = _shape_dtype(gate[0])
+            if {gate[1], up[1]} != {0, half} or gd is None or gd[2] != xt[2]:
                 continue
             return gate[0], act[0], True, gate[1] == 0, [x, a, act[1], b]
         return None
@@ -158,18 +159,19 @@ def _match(x: fx.Node) -> tuple[fx.Node, str, bool, bool, list[fx.Node]] | None:
     whole = _column_range(act[1]) if act is not None else None
     if whole is None or not _group(whole[0]) or whole[1] != 0:
         return None
-    if whole[2] != whole[0].args[3][-1] or _shape_dtype(whole[0])[2] != xt[2]:
+    gd = _shape_dtype(whole[0])
+    if whole[2] != whole[0].args[3][-1] or gd is None or gd[2] != xt[2]:
         return None
     return whole[0], act[0], False, True, [x] + ([act[1]] if act[1] is not whole[0] else [])
 
 
 def _only_read_by(group: fx.Node, dead: list[fx.Node]) -> bool:
-    """Every reader of the group's output, and of the chunk/split pieces taken from it, is
-    one of the nodes ``dead`` (so nothing needs the output itself once x is fused)."""
+    """Every reader of the group's output, of the chunk/split pieces and slices taken from it
+    and of act(gate) is one of the nodes ``dead`` (x = dead[0] and what only x reads), so
+    nothing needs them once x is fused."""
     splits = {d.args[0] for d in dead if op_name(d) == "getitem" and d.args[0] is not group}
     chain = set(dead) | splits
-    readers = set(group.users).union(*(s.users for s in splits))
-    return readers <= chain
+    return all(set(n.users) <= chain for n in [group, *splits, *dead[1:]])
 
 
 def fuse_output_activation(gm: fx.GraphModule) -> int:
