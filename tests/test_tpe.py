@@ -297,6 +297,24 @@ def test_make_schedule_was_tpe(setup, tmp_path):
     assert sched.meta["method"] == "was-tpe" and sched.meta["budget"] == BUDGET
 
 
+def test_alpha_only_search(setup, tmp_path):
+    """delta = 0 along a direction: each trial samples alpha alone (no per-block offsets) and
+    still meets the budget; without a direction delta = 0 is refused, saying why."""
+    import optuna
+
+    model, cal, traj, evals, _ = setup
+    kw = dict(model=model, trajectories=traj, eval_batches=evals, trials=4, progress=False,
+              storage=tmp_path / "a.db", delta=0.0)  # fmt: skip
+    sched = make_schedule(cal, BUDGET, "was-tpe", study_name="alpha", **kw)
+    assert abs(sched.achieved_sparsity() - BUDGET) < 1e-6
+    study = optuna.load_study(study_name="alpha", storage=f"sqlite:///{tmp_path / 'a.db'}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 4 and all(set(t.params) == {"alpha"} for t in trials)
+    assert len({round(t.params["alpha"], 9) for t in trials}) == 4  # alpha does vary
+    with pytest.raises(ValueError, match="delta must be > 0.*or 0 with a direction"):
+        make_schedule(cal, BUDGET, "was-tpe", study_name="band", allocation="uniform", **kw)
+
+
 def _find_pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:

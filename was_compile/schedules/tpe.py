@@ -219,7 +219,8 @@ def tpe_search(
 
     ``direction`` (block -> z_b, e.g.
     :func:`~was_compile.schedules.allocation.sensitivity_direction`): a trial samples
-    ``alpha`` in ``[0, alpha_max]`` and per-block offsets ``u_b`` in ``[-delta, delta]``; block
+    ``alpha`` in ``[0, alpha_max]`` and per-block offsets ``u_b`` in ``[-delta, delta]``
+    (``delta`` = 0: none, alpha alone is searched); block
     b gets ``budget + alpha * z_b + u_b`` (in any order: ``monotone`` must be False),
     projected onto the budget within ``bounds`` (default ``[budget - delta, budget +
     delta]``). The first trials are ``alpha`` = each of ``alpha_starts`` with no offsets
@@ -229,8 +230,13 @@ def tpe_search(
     weights = [float(trajectories.blocks[b].total_numel) for b in blocks]
     lo, hi = bounds if bounds is not None else (budget - delta, budget + delta)
     lo, hi = max(0.0, lo), min(trajectories.max_sparsity(), hi)
-    if not lo <= budget <= hi or delta <= 0:
-        raise ValueError(f"budget {budget} with delta {delta} is outside [0, {hi}]")
+    if delta < 0 or (delta == 0 and direction is None):
+        raise ValueError(
+            f"delta must be > 0 (the band every block is searched in), or 0 with a direction "
+            f"(alpha alone is searched), got {delta}"
+        )
+    if not lo <= budget <= hi:
+        raise ValueError(f"budget {budget} is outside the blocks' range [{lo}, {hi}]")
     if direction is not None:
         if monotone:
             raise ValueError("a search along a direction is not monotone: pass monotone=False")
@@ -276,7 +282,8 @@ def tpe_search(
     def run_trial(trial: optuna.Trial) -> float:
         if direction is not None:
             alpha = trial.suggest_float("alpha", 0.0, alpha_max)
-            raw = [budget + alpha * zb + trial.suggest_float(f"u{b}", -delta, delta)
+            raw = [budget + alpha * zb
+                   + (trial.suggest_float(f"u{b}", -delta, delta) if delta > 0 else 0.0)
                    for b, zb in zip(blocks, z)]  # fmt: skip
         else:
             raw = [trial.suggest_float(f"b{b}", budget - delta, budget + delta) for b in blocks]
@@ -300,7 +307,8 @@ def tpe_search(
     if not study.get_trials(deepcopy=False):
         if direction is not None:
             for a in alpha_starts:
-                study.enqueue_trial({"alpha": a, **{f"u{b}": 0.0 for b in blocks}})
+                offsets = {f"u{b}": 0.0 for b in blocks} if delta > 0 else {}
+                study.enqueue_trial({"alpha": a, **offsets})
         else:
             study.enqueue_trial({f"b{b}": budget for b in blocks}, skip_if_exists=True)
     done = _n_complete(study)
