@@ -387,6 +387,7 @@ def _block_of_roles(lin: LinearNode, attentions: list[Attention], order: dict) -
 
 
 _KEY = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]|\.([A-Za-z_][A-Za-z0-9_]*)")
+_MODULE_KEY = re.compile(r"_modules\[['\"]([^'\"]+)['\"]\]")
 _SKIP = {"_modules", "_parameters", "_buffers", "self", "L", "G"}
 
 
@@ -394,7 +395,8 @@ def weight_source_name(node: fx.Node) -> str:
     """Module path of a weight placeholder, e.g. ``model.layers.0.mlp.down_proj``.
 
     Parsed from Dynamo's source for the graph input (``L['self']._modules['model']...
-    ._parameters['weight']``): the root object and the parameter name are dropped.
+    ._parameters['weight']``, or ``L['args'][0]...`` where a wrapper passes the model
+    positionally): the root object and the parameter name are dropped.
     """
     grapharg = node.meta.get("grapharg")
     source = getattr(getattr(grapharg, "source", None), "name", None)
@@ -402,8 +404,14 @@ def weight_source_name(node: fx.Node) -> str:
         source = source()
     if not source:
         return node.name
-    keys = [a or b for a, b in _KEY.findall(str(source))]
-    keys = [k for k in keys[1:] if k not in _SKIP]
+    source = str(source)
+    modules = _MODULE_KEY.findall(source)
+    if modules:  # the names of the ``_modules`` hops, whatever the root (``L['self']``, or
+        # ``L['args'][0]`` when a wrapper passes the model positionally: transformers 5.24)
+        return ".".join(modules)
+    keys = [a or b for a, b in _KEY.findall(source)]
+    root = 2 if keys[:1] == ["args"] and keys[1:2] and keys[1].isdigit() else 1
+    keys = [k for k in keys[root:] if k not in _SKIP]
     if keys and keys[-1] in ("weight",):
         keys = keys[:-1]
     return ".".join(keys)
