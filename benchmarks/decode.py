@@ -412,8 +412,8 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
         if sched is None:
             dense[b] = {**res, "linear_ms": linear_ms}
         else:
-            res["rewritten"] = last_compile_stats()["rewritten"]
-            res["activations"] = last_compile_stats()["activations"]
+            stats = last_compile_stats()
+            res["rewritten"], res["activations"] = stats["rewritten"], stats["activations"]
         row(b, "dense" if sched is None else "was", s, res, sched)
 
     for b in args.batch:  # dense first: prepare() changes the weights' layout

@@ -37,12 +37,8 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
                    SEG_ALIGNED: tl.constexpr):  # fmt: skip
-    """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
-    chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
-
-    COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
-    instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
-    of 16 are loaded as int32 column pairs (PACKED)."""
+    """``fma_wide._fma_tile_wide`` with the CTA's trace written to ``list_ptr`` (masked mode
+    only: COMPACT would use that buffer for its kept-channel list)."""
     CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     t_start = _globaltimer()
     n_kept = tl.zeros([], dtype=tl.int32)

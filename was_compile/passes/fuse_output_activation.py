@@ -32,27 +32,24 @@ from .detect_sites import _tensor_meta, op_name
 MUL_NAMES = frozenset({"mul", "__mul__"})
 ACT_NAMES = frozenset({"silu", "gelu", "relu"})
 SPLIT_NAMES = frozenset({"chunk", "split"})
-WAS_OPS = ("sparse_linear", "sparse_linear_act")
 
 
-def _was_op(node: object) -> bool:
+def _group(node: object) -> bool:
     return (
         isinstance(node, fx.Node)
         and node.op == "call_function"
-        and any(node.target is getattr(torch.ops.was, name).default for name in WAS_OPS)
+        and node.target is torch.ops.was.sparse_linear.default
     )
 
 
 def _shape_dtype(node: object) -> tuple[int, int, torch.dtype] | None:
-    """(dims, last-dim size, dtype) of a node's value. The outputs of the was ops carry the
-    meta of the linear they replaced (one segment's width), so theirs are read from their
-    arguments: N is the last segment end, the dtype the input's."""
-    if _was_op(node):
-        ends = node.args[3]
+    """(dims, last-dim size, dtype) of a node's value. A ``was.sparse_linear`` node carries
+    the meta of the linear it replaced (one segment's width), so its own is read from its
+    arguments: N is the last segment end, the dtype the input's. (A ``sparse_linear_act``
+    node made here carries the meta of the node it replaced, which is right.)"""
+    if _group(node):
         inner = _shape_dtype(node.args[0])
-        gated = node.target is torch.ops.was.sparse_linear_act.default and node.args[9]
-        n = ends[-1] // 2 if gated else ends[-1]
-        return None if inner is None else (inner[0], n, inner[2])
+        return None if inner is None else (inner[0], node.args[3][-1], inner[2])
     t = _tensor_meta(node)
     return None if t is None or t.dim() == 0 else (t.dim(), t.shape[-1], t.dtype)
 
@@ -123,14 +120,6 @@ def _column_range(node: object) -> tuple[fx.Node, int, int] | None:
         return None
     sd = _shape_dtype(node)
     return None if sd is None else (node, 0, sd[1])
-
-
-def _group(node: object) -> bool:
-    return (
-        isinstance(node, fx.Node)
-        and node.op == "call_function"
-        and node.target is torch.ops.was.sparse_linear.default
-    )
 
 
 def _match(x: fx.Node) -> tuple[fx.Node, str, bool, bool, list[fx.Node]] | None:
