@@ -138,7 +138,7 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
         *((True, False) if atomic else ()),
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
-    for opt in ("PIPE", "WIDE", "ACT", "GATED", "SKEW"):  # only passed when set (PIPE: kernel files
+    for opt in ("PIPE", "WIDE", "ACT", "GATED"):  # only passed when set (PIPE: kernel files
         # before 2026-11-23; ACT, GATED: the output activation, from 2026-11-24)
         if config.get(opt, 0):
             meta[opt] = config[opt]

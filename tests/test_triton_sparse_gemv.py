@@ -426,29 +426,6 @@ def test_wide_bad_configs():
         sparse_gemv(x, w_t, thr, ends, b, config={**FMA_CFG, "WIDE": 1, "USE_DOT": 1})
 
 
-# Ramped K chunks (SKEW, sixteenths of a step): the chunks must still tile K exactly, with
-# either sign, with K not a multiple of the chunk, and steps of one or two at the ends.
-SKEW_CASES = [(16, 1, "aligned", torch.bfloat16), (-16, 2, "odd", torch.float16),
-              (40, 4, "odd", torch.bfloat16), (-40, 3, "aligned", torch.float32)]  # fmt: skip
-
-
-@pytest.mark.parametrize("skew,m,ends,dtype", SKEW_CASES)
-def test_wide_ramped_chunks_match_reference(skew, m, ends, dtype):
-    k, ends_l = 157, SEG_ENDS[ends]  # 157 = 6 chunks of 3 x 8 channels + 13
-    cfg = {**WIDE_CFGS[0], "SKEW": skew}
-    x, w_t, thr, b = _make(m, k, ends_l, dtype, seed=70 + m, bias=m % 2 == 1)
-    reduction = "atomic" if skew > 0 else "ordered"
-    y = sparse_gemv(x, w_t, thr, ends_l, b, config=cfg, reduction=reduction)
-    check(y, reference(x, w_t, thr, ends_l, b), x, k)
-
-
-def test_wide_ramped_chunks_bad_configs():
-    x, w_t, thr, ends, b = _ok()
-    for bad in ({**WIDE_CFGS[0], "SKEW": 48}, {**WIDE_CFGS[2], "SKEW": 8}, {**FMA_CFG, "SKEW": 8}):
-        with pytest.raises(ValueError, match="SKEW needs WIDE = 1, COMPACT = 0"):
-            sparse_gemv(x, w_t, thr, ends, b, config=bad)
-
-
 def test_split_bound_follows_the_reduction():
     """Atomic parts go into an L2 workspace: more K splits are allowed than for the ordered
     reduction's partials (written, then read back). Llama-3.2-1B o (K = N = 2048) at M = 8:

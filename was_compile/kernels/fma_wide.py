@@ -76,18 +76,16 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 
 @triton.jit
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
-                   n_end, CHUNK, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, LOOP: tl.constexpr, COMPACT: tl.constexpr,
+                   n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
                    SEG_ALIGNED: tl.constexpr):  # fmt: skip
     """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
-    chunk of CHUNK channels starting at k_start (rows >= M are zero). Masked: the loop runs
-    LOOP steps, a constexpr (>= CHUNK / BLOCK_K; steps past the chunk read nothing), because
-    a runtime trip count made the loop 20-30% slower on the H100 (kernel_notes section 15);
-    CHUNK is BLOCK_K * K_ITERS, or a runtime value for ramped chunks.
+    chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
 
     COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
     instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
     of 16 are loaded as int32 column pairs (PACKED)."""
+    CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     PACKED: tl.constexpr = SEG_ALIGNED and w_ptr.dtype.element_ty != tl.float32
     IS_BF16: tl.constexpr = w_ptr.dtype.element_ty == tl.bfloat16
     if PACKED:  # int32 view: column pairs (segment starts and ends are even)
@@ -117,7 +115,7 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
     if COMPACT:
         steps = tl.cdiv(count, BLOCK_K)
     else:
-        steps = LOOP
+        steps = K_ITERS
     for _ in range(steps):
         w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
                     mask=kept[:, None] & q_mask[None, :], other=0,

@@ -20,10 +20,9 @@ WEIGHT_EVICTION = tl.constexpr("evict_first")
 
 
 @triton.jit
-def step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT: tl.constexpr):
+def step_channels(list_ptr, count, K, k_start, j, CHUNK: tl.constexpr, COMPACT: tl.constexpr):
     """Channels of the step whose entries are j (contiguous, or the next BLOCK_K
-    entries of the kept list: a load) and whether they exist (past the chunk: no). CHUNK:
-    the chunk's channels (a constexpr, or a runtime value for ramped chunks)."""
+    entries of the kept list: a load) and whether they exist (past the chunk: no)."""
     if COMPACT:
         ok = j < count
         offs_k = tl.load(list_ptr + j, mask=ok, other=0)

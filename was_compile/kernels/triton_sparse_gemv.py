@@ -227,20 +227,6 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
     return acc
 
 
-@triton.jit
-def _ramped_chunk(pid_k, n_chunks, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr,
-                  SKEW: tl.constexpr):  # fmt: skip
-    """First channel and channel count of K chunk pid_k when chunk sizes ramp linearly with
-    pid_k: chunk q starts at step f(q) = q * K_ITERS + SKEW * q * (n - q) // (16 n), so the
-    first chunk has about K_ITERS + SKEW / 16 steps, the last K_ITERS - SKEW / 16, and the
-    chunks still tile the same n * K_ITERS steps (f(0) = 0, f(n) = n * K_ITERS). SKEW > 0
-    gives the CTAs the hardware dispatches first (low pid_k) more of the work."""
-    s0 = pid_k * K_ITERS + (SKEW * pid_k * (n_chunks - pid_k)) // (16 * n_chunks)
-    q = pid_k + 1
-    s1 = q * K_ITERS + (SKEW * q * (n_chunks - q)) // (16 * n_chunks)
-    return s0 * BLOCK_K, (s1 - s0) * BLOCK_K
-
-
 @triton.jit(do_not_specialize=["SPARSITY_BUCKET"])
 def _sparse_gemv_kernel(
     x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base, ticket_ptr, bias_ptr, y_ptr, h_ptr,
@@ -251,14 +237,13 @@ def _sparse_gemv_kernel(
     ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
     COMPACT: tl.constexpr, WIDE: tl.constexpr = 0, ACT: tl.constexpr = 0,
-    GATED: tl.constexpr = 0, GATE_FIRST: tl.constexpr = 1, SKEW: tl.constexpr = 0,
+    GATED: tl.constexpr = 0, GATE_FIRST: tl.constexpr = 1,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
     ATOMIC_REDUCE: adds its fp32 partial into the zeroed workspace part[:M, :] and the tile's
     last CTA writes y (splitk.py); else writes it to part[pid_k, :M, n0:n0 + BLOCK_N] for the
     ordered reduction kernel. ACT, GATED, GATE_FIRST, h_ptr, HALF: the output activation
-    the atomic epilogue writes (``output_activation.py``). SKEW (wide masked tiles only):
-    ramped chunk sizes, see ``_ramped_chunk``."""
+    the atomic epilogue writes (``output_activation.py``)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
 
@@ -310,13 +295,7 @@ def _sparse_gemv_kernel(
 
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < n_end
-    # the masked wide loop's constant trip count: ramped chunks are up to |SKEW| / 16 longer
-    LOOP: tl.constexpr = K_ITERS + (SKEW + 15) // 16 if SKEW > 0 else K_ITERS + (15 - SKEW) // 16
-    if SKEW != 0:
-        k_start, chunk = _ramped_chunk(pid_k, tl.num_programs(1), BLOCK_K, K_ITERS, SKEW)
-    else:
-        k_start = pid_k * (BLOCK_K * K_ITERS)
-        chunk = BLOCK_K * K_ITERS
+    k_start = pid_k * (BLOCK_K * K_ITERS)
     thr_row = thr_ptr + seg * stride_thr
     if COMPACT:
         list_ptr = list_base + (pid_k * tl.num_programs(0) + pid_n) * (BLOCK_K * K_ITERS)
@@ -333,7 +312,7 @@ def _sparse_gemv_kernel(
         offs_m = tl.arange(0, 16)
     elif WIDE:  # wide tiles: many rows per thread, K reduced in-thread (fma_wide.py)
         part = _fma_tile_wide(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
-                              k_start, n0, n_end, chunk, M_BUCKET, BLOCK_N, BLOCK_K, LOOP,
+                              k_start, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
                               COMPACT, SEG_ALIGNED)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
     else:
@@ -600,11 +579,6 @@ def sparse_gemv(
         if meta["USE_DOT"] or mb > 4:
             _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
         meta["WIDE"] = wide
-    skew = int(config.get("SKEW", 0))
-    if skew:  # ramped K chunks (``_ramped_chunk``)
-        if not wide or meta["COMPACT"] or abs(skew) >= 16 * meta["K_ITERS"]:
-            _fail("config: SKEW needs WIDE = 1, COMPACT = 0 and |SKEW| < 16 * K_ITERS")
-        meta["SKEW"] = skew
     pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
     if meta["COMPACT"]:
         pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
