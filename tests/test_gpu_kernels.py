@@ -147,6 +147,7 @@ def test_tuner_times_every_candidate_and_caches_the_fastest(tmp_path, monkeypatc
     copies), the fastest stored on disk and launched; its result matches the reference."""
     from was_compile.kernels import gemv_tuner
     from was_compile.kernels import triton_sparse_gemv as tsg
+    from was_compile.kernels.autotune_configs import REGISTER_CAPS
 
     monkeypatch.setenv("WAS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(gemv_tuner, "_MEMO", {})
@@ -160,6 +161,9 @@ def test_tuner_times_every_candidate_and_caches_the_fastest(tmp_path, monkeypatc
     timed = [t["us"] for t in entry["timed"] if t["us"] is not None]
     assert len(timed) >= 2 and entry["us"] == min(timed) and 1 < entry["us"] < 1000
     assert tsg.last_autotune_config() == entry["config"]
+    # M = 1 picks a wide tile: each register cap was then timed on it too
+    caps = {t["config"].get("maxnreg") for t in entry["timed"]}
+    assert set(REGISTER_CAPS) <= caps
     check(y, reference(x, w_t, thr, ends, b), x, k)
     assert torch.cuda.memory_allocated() - mem0 < w_t.nbytes  # the weight copies are freed
 

@@ -117,6 +117,15 @@ _WIDE_TILES = (
 _WIDE_CHUNKS_K = (64, 128, 256)
 _FMA_STAGES = (1,)
 _DOT_STAGES = (3,)
+# Register caps (ptxas ``.maxnreg``) the tuner tries on the config it chose, when that is a
+# wide FMA tile without one (``register_cap_variants``). A cap does more than bound
+# registers: under it ptxas schedules the loop differently. H100, Llama-3-8B shapes, M = 1,
+# same session (results/maxnreg_probe.json): caps of 96-128 took down 50% / 70% from 24.8 /
+# 18.8 to 24.3-24.5 / 18.0 us, q+k+v 50% / 70% 13.4 / 10.5 -> 12.9-13.0 / 10.1-10.2, gate+up
+# 70% 30.2 -> 29.0 (cap 96; 128 gave gate+up 96 registers and 34.7 us), while caps of 72-80
+# spilled on down and o (254 registers uncapped) lost at every cap below 168. So: the two
+# caps that won somewhere, timed against the uncapped pick, never assumed.
+REGISTER_CAPS = (96, 128)
 
 
 def interpret_mode() -> bool:
@@ -362,3 +371,11 @@ def candidate_configs(
         return list(configs)
     ends = tuple(segment_ends)
     return list(_prune_cached(configs, ends, k, mb, sb, elem_size, _sm_count(), atomic))
+
+
+def register_cap_variants(config: dict) -> list[dict]:
+    """The chosen config with each of ``REGISTER_CAPS`` (wide FMA tiles without a cap; none
+    for other configs), for the tuner to time against it."""
+    if not config.get("WIDE", 0) or config.get("maxnreg"):
+        return []
+    return [{**config, "maxnreg": cap} for cap in REGISTER_CAPS]

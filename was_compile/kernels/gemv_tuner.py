@@ -136,9 +136,12 @@ def lookup(key: str) -> dict | None:
         return _MEMO.get(key)
 
 
-def choose_config(key: str, candidates: Sequence, time_ms: Callable[[dict], float]) -> dict:
+def choose_config(key: str, candidates: Sequence, time_ms: Callable[[dict], float],
+                  refine: Callable[[dict], list] | None = None) -> dict:  # fmt: skip
     """The config of ``key``: from the cache, else the fastest of ``candidates`` (triton
     Configs or dicts) by ``time_ms(config dict)`` (milliseconds per call), stored on disk.
+    ``refine(best)``: variants of the fastest (e.g. register caps), timed after it; the
+    fastest of all is kept.
 
     A candidate whose timing raises (e.g. out of shared memory on this GPU) is skipped and
     recorded as failed; if all fail, the error of the first is raised. While the current
@@ -151,7 +154,26 @@ def choose_config(key: str, candidates: Sequence, time_ms: Callable[[dict], floa
         raise ValueError(f"no sparse GEMV candidate config for {key}")
     if len(cands) == 1 or capturing():
         return cands[0]
-    timed, first_error = [], None
+    timed: list[dict] = []
+    first_error = _time_all(cands, time_ms, timed)
+    ok = [t for t in timed if t["us"] is not None]
+    if not ok:
+        raise RuntimeError(f"every sparse GEMV candidate failed for {key}") from first_error
+    best = min(ok, key=lambda t: t["us"])
+    if refine is not None:
+        _time_all([config_dict(c) for c in refine(best["config"])], time_ms, timed)
+        best = min((t for t in timed if t["us"] is not None), key=lambda t: t["us"])
+    entry = {"config": best["config"], "us": best["us"], "timed": timed}
+    with _LOCK:
+        _MEMO[key] = entry
+        _save(cache_path(), key, entry)
+    return dict(best["config"])
+
+
+def _time_all(cands: list[dict], time_ms: Callable[[dict], float], timed: list) -> Exception | None:
+    """Append {config, us} (or {config, us: None, error}) of each config to ``timed``;
+    returns the first error raised, if any."""
+    first_error = None
     for cfg in cands:
         try:
             us = float(time_ms(cfg)) * 1e3
@@ -160,15 +182,7 @@ def choose_config(key: str, candidates: Sequence, time_ms: Callable[[dict], floa
             timed.append({"config": cfg, "us": None, "error": f"{type(e).__name__}: {e}"[:200]})
             continue
         timed.append({"config": cfg, "us": us})
-    ok = [t for t in timed if t["us"] is not None]
-    if not ok:
-        raise RuntimeError(f"every sparse GEMV candidate failed for {key}") from first_error
-    best = min(ok, key=lambda t: t["us"])
-    entry = {"config": best["config"], "us": best["us"], "timed": timed}
-    with _LOCK:
-        _MEMO[key] = entry
-        _save(cache_path(), key, entry)
-    return dict(best["config"])
+    return first_error
 
 
 def sequence_timer(calls_for: Callable[[dict], list]) -> Callable[[dict], float]:

@@ -64,6 +64,7 @@ from .autotune_configs import (
     interpret_mode,
     m_bucket,
     num_k_splits,
+    register_cap_variants,
     sparsity_bucket,
 )
 from .fma_wide import _fma_tile_wide
@@ -372,7 +373,7 @@ def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, activatio
                 for w in copies]  # fmt: skip
 
     name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
-    cfg = choose_config(name, candidates, sequence_timer(calls_for))
+    cfg = choose_config(name, candidates, sequence_timer(calls_for), register_cap_variants)
     copies.clear()
     if not capturing():  # a call inside a capture got an untimed pick: not remembered
         _CHOSEN[key] = cfg
