@@ -152,3 +152,29 @@ def test_register_caps_are_timed_after_the_pick_and_kept_only_when_faster(fresh_
     assert gt.choose_config(_key(mb=2), CANDS, slower_caps, register_cap_variants) == CANDS[0]
     timed = json.loads(gt.cache_path().read_text())[_key(mb=2)]["timed"]
     assert timed[-1]["us"] is None and "too many resources" in timed[-1]["error"]
+
+
+def test_occupancy_step_cap():
+    from was_compile.kernels.autotune_configs import occupancy_step_cap, register_cap_variants
+
+    # 78 registers (80 granted) x 4 warps: 6 CTAs per SM; 72 lets a 7th in (72 x 128 x 7 <= 64K)
+    assert occupancy_step_cap(78, 4) == 72
+    assert occupancy_step_cap(72, 4) == 64  # 7 CTAs -> 8
+    assert occupancy_step_cap(96, 1) == 88  # 21 one-warp CTAs -> 22
+    assert occupancy_step_cap(64, 1) is None  # 32 CTAs: the CTA limit binds, not registers
+    assert occupancy_step_cap(None, 4) is None
+    assert occupancy_step_cap(48, 8) == 40  # 5 CTAs of 8 warps -> 6
+    assert occupancy_step_cap(40, 8) is None  # 7 CTAs would need 32 registers: below 40
+
+    def ctas_per_sm(regs, warps):
+        return 65536 // (-(-regs // 8) * 8 * 32 * warps)
+
+    for regs, warps in ((78, 4), (120, 8), (200, 2), (96, 1)):
+        cap = occupancy_step_cap(regs, warps)
+        more = ctas_per_sm(cap, warps) > ctas_per_sm(regs, warps)
+        assert cap % 8 == 0 and more and ctas_per_sm(cap + 8, warps) == ctas_per_sm(regs, warps)
+    dot = CANDS[2]  # a dot config gets only the occupancy step; a wide one the fixed caps too
+    assert [c["maxnreg"] for c in register_cap_variants(dot, 78)] == [72]
+    assert register_cap_variants(dot, None) == []
+    assert [c["maxnreg"] for c in register_cap_variants(CANDS[0], 96)] == [96, 128, 88]
+    assert [c["maxnreg"] for c in register_cap_variants(CANDS[0], 64)] == [96, 128]

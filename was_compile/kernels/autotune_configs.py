@@ -126,6 +126,14 @@ _DOT_STAGES = (3,)
 # spilled on down and o (254 registers uncapped) lost at every cap below 168. So: the two
 # caps that won somewhere, timed against the uncapped pick, never assumed.
 REGISTER_CAPS = (96, 128)
+# ... and, for any config, the cap that lets one more CTA fit on an SM
+# (``occupancy_step_cap``): register counts move with details as small as the kernel's
+# parameter list (the output activation's two extra arguments took Llama-3-8B down's dot
+# config at M = 8 from 72 to 78 registers, 6 CTAs per SM instead of 7, a second wave and 20%
+# more time: kernel_notes section 15). H100 (sm_90) per SM: 65536 registers, at most 32 CTAs;
+# registers are granted per warp in blocks of 256 (8 a thread).
+SM_REGISTERS = 65536
+SM_MAX_CTAS = 32
 
 
 def interpret_mode() -> bool:
@@ -373,9 +381,28 @@ def candidate_configs(
     return list(_prune_cached(configs, ends, k, mb, sb, elem_size, _sm_count(), atomic))
 
 
-def register_cap_variants(config: dict) -> list[dict]:
-    """The chosen config with each of ``REGISTER_CAPS`` (wide FMA tiles without a cap; none
-    for other configs), for the tuner to time against it."""
-    if not config.get("WIDE", 0) or config.get("maxnreg"):
+def occupancy_step_cap(n_regs: int | None, num_warps: int) -> int | None:
+    """The largest register count (a multiple of 8) at which one more CTA of ``num_warps``
+    warps fits on an SM than at ``n_regs``; None if the CTA-count limit already binds, the
+    count is unknown, or the cap would be below 40 registers (spills in any loop)."""
+    if not n_regs:
+        return None
+    per_warp = -(-n_regs // 8) * 8 * 32
+    ctas = min(SM_MAX_CTAS, SM_REGISTERS // (per_warp * num_warps))
+    if ctas >= SM_MAX_CTAS:
+        return None
+    cap = SM_REGISTERS // ((ctas + 1) * 32 * num_warps) // 8 * 8
+    return min(cap, 255) if cap >= 40 else None
+
+
+def register_cap_variants(config: dict, n_regs: int | None = None) -> list[dict]:
+    """The chosen config under the register caps the tuner times against it: each of
+    ``REGISTER_CAPS`` for wide FMA tiles, and for any config the occupancy step below its
+    ``n_regs`` (the registers its compiled kernel uses). None for a config that has a cap."""
+    if config.get("maxnreg"):
         return []
-    return [{**config, "maxnreg": cap} for cap in REGISTER_CAPS]
+    caps = list(REGISTER_CAPS) if config.get("WIDE", 0) else []
+    step = occupancy_step_cap(n_regs, int(config.get("num_warps", 4)))
+    if step is not None and step not in caps:
+        caps.append(step)
+    return [{**config, "maxnreg": cap} for cap in caps]

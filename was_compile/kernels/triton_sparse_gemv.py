@@ -334,6 +334,7 @@ def _sparse_gemv_kernel(
 
 
 _LAST_CONFIG: list = [None]  # the config of the most recent launch
+_LAST_REGISTERS: list = [None]  # registers per thread of its compiled kernel (GPU only)
 # (segment ends, K, M bucket, sparsity bucket, dtype, atomic, device) -> chosen config
 _CHOSEN: dict[tuple, dict] = {}
 
@@ -372,8 +373,12 @@ def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, activatio
                                   reduction=reduction, activation=activation)
                 for w in copies]  # fmt: skip
 
+    def cap_variants(best: dict) -> list:  # the pick's register count decides its caps
+        calls_for(best)[0]()
+        return register_cap_variants(best, _LAST_REGISTERS[0])
+
     name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
-    cfg = choose_config(name, candidates, sequence_timer(calls_for), register_cap_variants)
+    cfg = choose_config(name, candidates, sequence_timer(calls_for), cap_variants)
     copies.clear()
     if not capturing():  # a call inside a capture got an untimed pick: not remembered
         _CHOSEN[key] = cfg
@@ -617,13 +622,14 @@ def sparse_gemv(
         meta.update(ACT=activation.code, GATED=int(activation.gated),
                     GATE_FIRST=int(activation.gate_first))  # fmt: skip
     _LAST_CONFIG[0] = config
-    _sparse_gemv_kernel[_grid(ends, k)](
+    compiled = _sparse_gemv_kernel[_grid(ends, k)](
         *args,
         **meta,
         num_warps=config.get("num_warps", 4),
         num_stages=config.get("num_stages", 1),
         **launch,
     )
+    _LAST_REGISTERS[0] = getattr(compiled, "n_regs", None)  # None in the interpreter
 
     if workspace is None:
         max_split_p2 = triton.next_power_of_2(max_splits)
