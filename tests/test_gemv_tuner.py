@@ -133,23 +133,30 @@ def test_register_caps_are_timed_after_the_pick_and_kept_only_when_faster(fresh_
     assert [c["maxnreg"] for c in caps] == list(REGISTER_CAPS)
     assert all({k: v for k, v in c.items() if k != "maxnreg"} == CANDS[0] for c in caps)
 
+    seen_ranked = []
+
+    def first_capped(ranked):  # the tuner hands over its timed configs, fastest first
+        seen_ranked.append(ranked)
+        return register_cap_variants(ranked[0])
+
     def timer(cfg):  # CANDS[0] is the fastest candidate; a cap of 96 is faster still
         return {None: 0.010, 96: 0.009, 128: 0.012}[cfg.get("maxnreg")] * (
             1 + cfg["BLOCK_N"] // 512
         )
 
     key = _key()
-    assert gt.choose_config(key, CANDS, timer, register_cap_variants) == caps[0]
+    assert gt.choose_config(key, CANDS, timer, first_capped) == caps[0]
     entry = json.loads(gt.cache_path().read_text())[key]
     assert [t["config"].get("maxnreg") for t in entry["timed"]] == [None, None, None, 96, 128]
     assert entry["us"] == pytest.approx(9.0)
+    assert seen_ranked[0] == [CANDS[0], CANDS[2], CANDS[1]]  # 10, 20, 20 us: stable order
 
     def slower_caps(cfg):  # the caps lose (and one fails to compile): the pick stays uncapped
         if cfg.get("maxnreg") == 128:
             raise RuntimeError("ptxas: too many resources")
         return 0.010 + (0.001 if cfg.get("maxnreg") else 0.0) + cfg["BLOCK_K"] * 1e-4
 
-    assert gt.choose_config(_key(mb=2), CANDS, slower_caps, register_cap_variants) == CANDS[0]
+    assert gt.choose_config(_key(mb=2), CANDS, slower_caps, first_capped) == CANDS[0]
     timed = json.loads(gt.cache_path().read_text())[_key(mb=2)]["timed"]
     assert timed[-1]["us"] is None and "too many resources" in timed[-1]["error"]
 

@@ -137,11 +137,11 @@ def lookup(key: str) -> dict | None:
 
 
 def choose_config(key: str, candidates: Sequence, time_ms: Callable[[dict], float],
-                  refine: Callable[[dict], list] | None = None) -> dict:  # fmt: skip
+                  refine: Callable[[list], list] | None = None) -> dict:  # fmt: skip
     """The config of ``key``: from the cache, else the fastest of ``candidates`` (triton
     Configs or dicts) by ``time_ms(config dict)`` (milliseconds per call), stored on disk.
-    ``refine(best)``: variants of the fastest (e.g. register caps), timed after it; the
-    fastest of all is kept.
+    ``refine(ranked)``: given the timed configs, fastest first, variants of some of them
+    (e.g. register caps), timed next; the fastest of all is kept.
 
     A candidate whose timing raises (e.g. out of shared memory on this GPU) is skipped and
     recorded as failed; if all fail, the error of the first is raised. While the current
@@ -161,7 +161,8 @@ def choose_config(key: str, candidates: Sequence, time_ms: Callable[[dict], floa
         raise RuntimeError(f"every sparse GEMV candidate failed for {key}") from first_error
     best = min(ok, key=lambda t: t["us"])
     if refine is not None:
-        _time_all([config_dict(c) for c in refine(best["config"])], time_ms, timed)
+        ranked = [t["config"] for t in sorted(ok, key=lambda t: t["us"])]
+        _time_all([config_dict(c) for c in refine(ranked)], time_ms, timed)
         best = min((t for t in timed if t["us"] is not None), key=lambda t: t["us"])
     entry = {"config": best["config"], "us": best["us"], "timed": timed}
     with _LOCK:

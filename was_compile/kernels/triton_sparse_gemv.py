@@ -55,6 +55,7 @@ import triton
 import triton.language as tl
 
 from .autotune_configs import (
+    CAPPED_CONFIGS,
     MAX_M,
     MAX_SEGMENTS,
     autotune_enabled,
@@ -373,9 +374,14 @@ def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, activatio
                                   reduction=reduction, activation=activation)
                 for w in copies]  # fmt: skip
 
-    def cap_variants(best: dict) -> list:  # the pick's register count decides its caps
-        calls_for(best)[0]()
-        return register_cap_variants(best, _LAST_REGISTERS[0])
+    def cap_variants(ranked: list) -> list:
+        # the first few, not only the fastest: a config that lost by a second wave may win
+        # with one CTA more per SM (each launched once: its register count decides its cap)
+        out = []
+        for i, c in enumerate(ranked[:CAPPED_CONFIGS]):
+            calls_for(c)[0]()
+            out += register_cap_variants(c, _LAST_REGISTERS[0], fixed_caps=i == 0)
+        return out
 
     name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
     cfg = choose_config(name, candidates, sequence_timer(calls_for), cap_variants)
