@@ -128,13 +128,19 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
     # kernel files from 2026-11-24 on (atomic split-K reduction) take ticket_ptr, bias_ptr,
     # y_ptr after the scratch pointers and ATOMIC_REDUCE, HAS_BIAS after INTERPRET
     atomic = "ticket_ptr" in fn.arg_names
-    act = "h_ptr" in fn.arg_names  # from 2026-11-24: the output activation's h_ptr and HALF
+    # from 2026-11-24: the output activation's h_ptr and HALF, after y_ptr and stride_thr
+    # (12973ab..), then after SPARSITY_BUCKET
+    names = fn.arg_names
+    act = "h_ptr" in names
+    act_late = act and names.index("h_ptr") > names.index("SPARSITY_BUCKET")
+    act_early = act and not act_late
     args = (
         bf16, bf16, f32, f32, i32, i32, *((i32, bf16, bf16) if atomic else ()),
-        *((bf16,) if act else ()),
-        m, n, k, k, k, *((n // 2,) if act else ()),
+        *((bf16,) if act_early else ()),
+        m, n, k, k, k, *((n // 2,) if act_early else ()),
         *e_args,
-        sparsity_bucket(sparsity), m_bucket(m), seg_aligned, False,
+        sparsity_bucket(sparsity), *((bf16, n // 2) if act_late else ()),
+        m_bucket(m), seg_aligned, False,
         *((True, False) if atomic else ()),
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}

@@ -231,10 +231,12 @@ def _dot_tile(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_star
 
 @triton.jit(do_not_specialize=["SPARSITY_BUCKET"])
 def _sparse_gemv_kernel(
-    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base, ticket_ptr, bias_ptr, y_ptr, h_ptr,
-    M, N, K, stride_xm, stride_thr, HALF,
+    x_ptr, w_ptr, thr_ptr, part_ptr, nsplit_ptr, list_base, ticket_ptr, bias_ptr, y_ptr,
+    M, N, K, stride_xm, stride_thr,
     E0, E1, E2, E3, E4, E5, E6, E7,
-    SPARSITY_BUCKET,
+    SPARSITY_BUCKET, h_ptr, HALF,  # (h_ptr, HALF here, not beside y_ptr and stride_thr:
+    # there ptxas gave the dot path 78 registers instead of 72 on Llama-3-8B down and gate+up
+    # at M = 8, one CTA fewer per SM and a second wave, 20% slower; kernel_notes section 15)
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
     ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
@@ -616,10 +618,10 @@ def sparse_gemv(
 
     args = (
         x, weight_t, thresholds, partials, nsplit, kept_lists, tickets,
-        bias if has_bias else y, y, h,
-        m, n, k, x.stride(0), thresholds.stride(0), ends[0],
+        bias if has_bias else y, y,
+        m, n, k, x.stride(0), thresholds.stride(0),
         *e_args,
-        sb, mb, seg_aligned, interpret_mode(), atomic, has_bias,
+        sb, h, ends[0], mb, seg_aligned, interpret_mode(), atomic, has_bias,
     )  # fmt: skip
     launch = {}
     if config.get("maxnreg") and not interpret_mode():  # register cap (ptxas)
