@@ -92,7 +92,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--objective", default="ppl", choices=["ppl", "kl"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--delta", type=float, default=0.05, help="TPE: per-block offsets +-delta")
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="TPE: per-block offsets +-delta (default: 0 with --allocation sensitivity, alpha "
+        "alone; 0.05 with --allocation uniform, the band around the budget)",
+    )
     p.add_argument(
         "--allocation",
         default="sensitivity",
@@ -196,6 +202,10 @@ def parse_args(argv=None):
         out = out / "quality.json"
     args.out = out
     args.cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
+    from was_compile.schedules.tpe import resolve_delta
+
+    # resolved here, once: the TPE study names, settings and meta all carry the value used
+    args.delta = resolve_delta(args.delta, args.allocation)
     if args.smoke:
         args.sparsities = [0.4, 0.6]
         args.trials = 3

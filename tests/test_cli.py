@@ -128,6 +128,7 @@ def test_calibrate_then_search(model_dir, tmp_path, capsys):
     sched = Schedule.load(out)
     assert abs(sched.achieved_sparsity() - 0.45) < 1e-6
     assert sched.meta["method"] == "was-tpe" and sched.meta["tpe"]["trials"] == 3
+    assert sched.meta["tpe"]["delta"] == 0.0  # --delta unset: alpha alone
     assert (out / "greedy-was.json").exists() and (out / "tpe.db").exists()
     capsys.readouterr()
     assert main([*argv[:-2], "--trials", "4", *common]) == 0  # resumes: one more trial

@@ -26,7 +26,7 @@ def test_quality_benchmark_smoke(tmp_path):
     assert (tmp_path / "quality.png").is_file()
     meta = doc["meta"]
     assert meta["smoke"] and meta["torch"] and meta["transformers"] and meta["device"]
-    assert meta["tpe"]["trials"] == 3
+    assert meta["tpe"]["trials"] == 3 and meta["tpe"]["delta"] == 0.0  # the default
     ((key, info),) = doc["models"].items()
     assert math.isfinite(info["dense_ppl"]) and info["dense_ppl"] > 1
     assert info["data"]["eval"]["tokens"] > 0 and info["data"]["calib"]["tokens"] > 0

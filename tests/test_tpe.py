@@ -29,7 +29,13 @@ from was_compile.schedules.calibration import calibrate
 from was_compile.schedules.greedy import greedy_trajectories
 from was_compile.schedules.methods import make_schedule
 from was_compile.schedules.schedule_file import byte_weighted_sparsity
-from was_compile.schedules.tpe import project_to_budget, redact, resolve_storage, tpe_search
+from was_compile.schedules.tpe import (
+    project_to_budget,
+    redact,
+    resolve_delta,
+    resolve_storage,
+    tpe_search,
+)
 
 VOCAB = 96
 BUDGET = 0.5
@@ -313,6 +319,44 @@ def test_alpha_only_search(setup, tmp_path):
     assert len({round(t.params["alpha"], 9) for t in trials}) == 4  # alpha does vary
     with pytest.raises(ValueError, match="delta must be > 0.*or 0 with a direction"):
         make_schedule(cal, BUDGET, "was-tpe", study_name="band", allocation="uniform", **kw)
+
+
+def test_default_delta_by_allocation(setup, tmp_path):
+    """No delta given: 0.0 along the block sensitivities (every trial samples alpha alone),
+    0.05 for the uniform band (every block sampled); the resolved delta names the default
+    study, so a search with the other delta never resumes its trials."""
+    import optuna
+
+    assert resolve_delta(None, "sensitivity") == 0.0 and resolve_delta(None, "uniform") == 0.05
+    assert resolve_delta(0.1, "sensitivity") == 0.1 and resolve_delta(0, "uniform") == 0.0
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        resolve_delta(None, "band")
+    model, cal, traj, evals, _ = setup
+    kw = dict(model=model, trajectories=traj, eval_batches=evals, trials=3, progress=False)
+    by_allocation = {}
+    for allocation in ("sensitivity", "uniform"):
+        db = tmp_path / f"{allocation}.db"
+        sched = make_schedule(cal, BUDGET, "was-tpe", allocation=allocation, storage=db, **kw)
+        tpe = sched.meta["tpe"]
+        study = optuna.load_study(study_name=tpe["study_name"], storage=f"sqlite:///{db}")
+        trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(trials) == 3 and abs(sched.achieved_sparsity() - BUDGET) < 1e-6
+        by_allocation[allocation] = (tpe, {frozenset(t.params) for t in trials})
+    tpe, params = by_allocation["sensitivity"]
+    assert tpe["delta"] == 0.0 and tpe["study_name"].endswith("-d0")
+    assert params == {frozenset({"alpha"})}  # no per-block offsets u_b
+    tpe, params = by_allocation["uniform"]
+    assert tpe["delta"] == 0.05 and tpe["study_name"].endswith("-d0.05")
+    assert params == {frozenset(f"b{b}" for b in traj.blocks)}
+    # offsets of 0.05 along the same direction, same storage: a study of its own, 3 new
+    # trials, none taken from the alpha-only study
+    db = tmp_path / "sensitivity.db"
+    sched = make_schedule(cal, BUDGET, "was-tpe", delta=0.05, storage=db, **kw)
+    tpe = sched.meta["tpe"]
+    assert tpe["delta"] == 0.05 and tpe["study_name"].endswith("-d0.05") and tpe["trials"] == 3
+    assert tpe["study_name"] != by_allocation["sensitivity"][0]["study_name"]
+    study = optuna.load_study(study_name=tpe["study_name"], storage=f"sqlite:///{db}")
+    assert all(set(t.params) == {"alpha", *(f"u{b}" for b in traj.blocks)} for t in study.trials)
 
 
 def _find_pg_bin(name: str) -> str | None:

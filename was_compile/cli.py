@@ -357,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="optuna study name (default: from model and budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objective", default="ppl", choices=["ppl", "kl"])
-    p.add_argument("--delta", type=float, default=0.05, help="block band around the budget")
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help="TPE per-block offsets +-delta (default: 0 with --allocation sensitivity, alpha "
+        "alone is searched; 0.05 with --allocation uniform, the band around the budget)",
+    )
     p.add_argument(
         "--allocation",
         default="sensitivity",

@@ -23,7 +23,7 @@ from .allocation import DEFAULT_LEVELS, block_sensitivity, sensitivity_direction
 from .calibration import Calibration
 from .greedy import GreedyTrajectories, greedy_trajectories
 from .schedule_file import Schedule, byte_weighted_sparsity
-from .tpe import TOLERANCE, tpe_search
+from .tpe import TOLERANCE, resolve_delta, tpe_search
 
 UNIFORM_METHODS = {"teal-uniform": "mag", "was-uniform": "was"}
 GREEDY_METHODS = {"teal": "mag", "was-greedy": "was"}
@@ -158,6 +158,7 @@ def tpe_schedule(calibration: Calibration, sparsity: float, method: str, options
                      "direction": [direction[b] for b in sorted(direction)]}  # fmt: skip
     elif allocation != "uniform":
         raise ValueError(f"allocation must be 'sensitivity' or 'uniform', got {allocation!r}")
+    delta = resolve_delta(options.get("delta"), allocation)  # None: 0.0 along sensitivities
     res = tpe_search(
         options["model"],
         calibration,
@@ -170,7 +171,7 @@ def tpe_schedule(calibration: Calibration, sparsity: float, method: str, options
         seed=options.get("seed", 0),
         objective=options.get("objective", "ppl"),
         monotone=options.get("monotone", direction is None),
-        delta=options.get("delta", 0.05),
+        delta=delta,
         n_startup_trials=options.get("n_startup_trials", 10),
         progress=options.get("progress", True),
         direction=direction,
@@ -189,7 +190,7 @@ def tpe_schedule(calibration: Calibration, sparsity: float, method: str, options
             "best_loss": res.best_loss,
             "objective": res.objective,
             "seed": options.get("seed", 0),
-            "delta": options.get("delta", 0.05),
+            "delta": delta,
             "monotone": options.get("monotone", direction is None),
             "allocation": allocation,
             "sensitivity": sens_meta,
@@ -210,9 +211,12 @@ def make_schedule(
     ``lazy``);
     ``was-tpe`` (also ``eval_batches=``; ``trials=50``, ``storage=`` (SQLite path or
     RDB URL, default ``./was_tpe.db``), ``study_name=``, ``seed=0``, ``objective="ppl"`` or
-    ``"kl"``, ``delta=0.05``, ``allocation="sensitivity"`` (``sensitivity=`` block -> costs
+    ``"kl"``, ``allocation="sensitivity"`` (``sensitivity=`` block -> costs
     from :func:`~.allocation.block_sensitivity` to reuse them, ``spread=0.2``: blocks within
-    +-spread of the budget; ``monotone=False``) or ``"uniform"`` (``monotone=True``)).
+    +-spread of the budget; ``monotone=False``; ``delta=None``: 0.0, alpha alone along the
+    sensitivities, or per-block offsets +-delta) or ``"uniform"`` (``monotone=True``;
+    ``delta=None``: 0.05, every block within +-delta of the budget); see
+    :func:`~.tpe.resolve_delta`).
     ``progress=False`` hides progress bars.
     """
     if not 0.0 <= sparsity < 1.0:

@@ -8,9 +8,11 @@ skips exactly the budget's share of weight bytes: there is no penalty and no rej
 Each block's sparsity becomes per-site sparsities through the block's greedy trajectory
 (:mod:`~was_compile.schedules.greedy`). Given a ``direction`` (measured block sensitivities,
 :mod:`~was_compile.schedules.allocation`), a trial is instead ``budget + alpha * z_b + u_b``
-with ``alpha`` and small per-block offsets ``u_b`` sampled, in any order, within wider
-``bounds``: about 20 trials over ~30 independent block values is close to random search,
-while one ``alpha`` along a measured direction is a search the trials can cover.
+with ``alpha`` and per-block offsets ``u_b`` in ``[-delta, delta]`` sampled, in any order,
+within wider ``bounds``: about 20 trials over ~30 independent block values is close to random
+search, while one ``alpha`` along a measured direction is a search the trials can cover. By
+default (:func:`resolve_delta`) a search along a direction has ``delta`` = 0, ``alpha`` alone,
+and the band search ``delta`` = 0.05.
 
 The objective runs on held-out batches, every token sparsified (eager masking): perplexity
 (``"ppl"``) or the mean KL divergence per token from the dense model's next-token
@@ -45,6 +47,26 @@ from .schedule_file import byte_weighted_sparsity
 OBJECTIVES = ("ppl", "kl")
 TOLERANCE = 1e-6
 ALPHA_STARTS = (0.0, 0.025, 0.05)  # first trials of a search along a direction
+# delta when none is given, by allocation: along measured block sensitivities alpha alone
+# (no per-block offsets); the band search around the budget needs a band.
+DEFAULT_DELTA = {"sensitivity": 0.0, "uniform": 0.05}
+
+
+def resolve_delta(delta: float | None, allocation: str) -> float:
+    """The ``delta`` a TPE search uses: ``delta`` itself if given, else ``allocation``'s default.
+
+    ``delta`` is the half-width of the per-block offsets (a sparsity fraction): along a
+    direction (``allocation="sensitivity"``) each block gets ``budget + alpha * z_b + u_b``
+    with ``u_b`` in ``[-delta, delta]``; in the band search (``"uniform"``) each block is
+    sampled in ``[budget - delta, budget + delta]``. ``None`` resolves to 0.0 for
+    ``"sensitivity"`` (alpha alone: with the same trials it did better in five of six target
+    cells than offsets of 0.05, benchmarks/results/quality_alpha_only.json) and 0.05 for
+    ``"uniform"`` (a band of width 0 would leave nothing to search). A given value is
+    returned as a float; :func:`tpe_search` checks it.
+    """
+    if allocation not in DEFAULT_DELTA:
+        raise ValueError(f"allocation must be one of {sorted(DEFAULT_DELTA)}, got {allocation!r}")
+    return DEFAULT_DELTA[allocation] if delta is None else float(delta)
 
 
 def project_to_budget(
@@ -186,8 +208,13 @@ def _n_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
-def default_study_name(calibration: Calibration, budget: float, objective: str) -> str:
-    return f"was-tpe-{sites_fingerprint(calibration.sites)}-{budget:.4f}-{objective}"
+def default_study_name(
+    calibration: Calibration, budget: float, objective: str, delta: float
+) -> str:
+    """The study name a search gets when none is given: model sites, budget, objective and
+    ``delta`` (resolved), so searches with other offsets never share trials."""
+    fp = sites_fingerprint(calibration.sites)
+    return f"was-tpe-{fp}-{budget:.4f}-{objective}-d{delta:g}"
 
 
 def tpe_search(
@@ -202,7 +229,7 @@ def tpe_search(
     seed: int = 0,
     objective: str = "ppl",
     monotone: bool = True,
-    delta: float = 0.05,
+    delta: float | None = None,
     n_startup_trials: int = 10,
     progress: bool = True,
     direction: dict[int, float] | None = None,
@@ -217,15 +244,19 @@ def tpe_search(
     trial is the uniform allocation. The sampler is re-seeded from ``seed`` and the
     study's trial count before each trial, so a single-worker search is reproducible.
 
-    ``direction`` (block -> z_b, e.g.
+    Without ``direction``, block b is sampled in ``[budget - delta, budget + delta]``
+    (``delta`` None: 0.05). ``direction`` (block -> z_b, e.g.
     :func:`~was_compile.schedules.allocation.sensitivity_direction`): a trial samples
     ``alpha`` in ``[0, alpha_max]`` and per-block offsets ``u_b`` in ``[-delta, delta]``
-    (``delta`` = 0: none, alpha alone is searched); block
+    (``delta`` None or 0: none, alpha alone is searched); block
     b gets ``budget + alpha * z_b + u_b`` (in any order: ``monotone`` must be False),
     projected onto the budget within ``bounds`` (default ``[budget - delta, budget +
     delta]``). The first trials are ``alpha`` = each of ``alpha_starts`` with no offsets
-    (``alpha`` = 0: uniform).
+    (``alpha`` = 0: uniform). The resolved ``delta`` (:func:`resolve_delta`) is part of the
+    default study name and of the settings stored with the study: a study made with another
+    ``delta`` is never resumed.
     """
+    delta = resolve_delta(delta, "uniform" if direction is None else "sensitivity")
     blocks = sorted(trajectories.blocks)
     weights = [float(trajectories.blocks[b].total_numel) for b in blocks]
     lo, hi = bounds if bounds is not None else (budget - delta, budget + delta)
@@ -246,7 +277,7 @@ def tpe_search(
         if any(not 0.0 <= a <= alpha_max for a in alpha_starts) or alpha_max <= 0:
             raise ValueError(f"alpha_starts {alpha_starts} must lie in [0, {alpha_max}]")
     url = resolve_storage(storage)
-    study_name = study_name or default_study_name(calibration, budget, objective)
+    study_name = study_name or default_study_name(calibration, budget, objective, delta)
     settings = {
         "budget": budget,
         "delta": delta,
