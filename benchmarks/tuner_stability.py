@@ -1,13 +1,12 @@
 """GPU probe: does the GEMV tuner pick the same config twice, and is its pick the fastest?
 
-kernels.json of 2026-11-24 (register caps) against the run before it, same tuner code for the
-dot path: at M = 8 the 35 rows whose pick changed got 5% slower (median, up to 22%), at M = 4
-the rows that beat cuBLAS fell from 32 to 23 of 96. Either the tuner's ranking is noisy
-(candidates within a few percent, timed once each with fewer replays than kernels.py), or its
-timings are biased against what a later, careful timing sees. This probe runs the tuner
-several times from an empty cache on one call's inputs, keeps every candidate's time, then
-times each candidate that was ever among the first three again, back to back, with
-kernels.py's replay counts.
+Written when a kernels.json run had M = 8 rows slower than the run before it (2026-11-24):
+either the tuner's ranking is noisy (candidates within a few percent, each timed once with
+fewer replays than kernels.py) or its timings disagree with a later careful timing. This
+probe runs the tuner several times from an empty cache on one call's inputs, keeps every
+candidate's time, then times each candidate that was ever among the first three again, back
+to back, with kernels.py's replay counts. (The answer then, results/tuner_stability.json: the
+picks repeat and are the fastest finalists; the kernel had changed, kernel_notes section 15.)
 
     python benchmarks/tuner_stability.py --cases down:8:0.5 gate_up:8:0.5 qkv:4:0.5
 """
