@@ -59,8 +59,9 @@ def resolve_delta(delta: float | None, allocation: str) -> float:
     direction (``allocation="sensitivity"``) each block gets ``budget + alpha * z_b + u_b``
     with ``u_b`` in ``[-delta, delta]``; in the band search (``"uniform"``) each block is
     sampled in ``[budget - delta, budget + delta]``. ``None`` resolves to 0.0 for
-    ``"sensitivity"`` (alpha alone: with the same trials it did better in five of six target
-    cells than offsets of 0.05, benchmarks/results/quality_alpha_only.json) and 0.05 for
+    ``"sensitivity"`` (alpha alone: with the same trials, better than offsets of 0.05 in
+    eight of twelve target cells over two CPUs, worse in three; quality_alpha_only.json,
+    quality_offsets.json and quality.json in benchmarks/results) and 0.05 for
     ``"uniform"`` (a band of width 0 would leave nothing to search). A given value is
     returned as a float; :func:`tpe_search` checks it.
     """
