@@ -50,7 +50,8 @@ first-call tuning of one key costs <= 12 compiles at M = 1 and <= 24 at M >= 2 (
 across keys and processes by Triton) + as many short timings. The ranking counts warps, not
 CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles alike) is the target.
 The candidates are timed, and the choice cached on disk, by ``gemv_tuner`` (decode's own
-protocol; ``triton.autotune`` ranked them differently).
+protocol; ``triton.autotune`` ranked them differently); then the fastest three are timed again
+under register caps (``register_cap_variants``: at most 5 more compiles and timings a key).
 """
 
 from __future__ import annotations
