@@ -196,7 +196,14 @@ def parse_args(argv=None):
         help="tiny random Llama + short text, 2 sparsities, 3 trials (< 60 s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the model, calibration, search and evaluation (cpu, cuda, "
+        "cuda:1; float32 throughout, TF32 off)",
+    )
     args = p.parse_args(argv)
+    args.device = check_device(p, args.device)
     out = Path(args.out)
     if out.suffix != ".json":
         out = out / "quality.json"
@@ -215,6 +222,31 @@ def parse_args(argv=None):
         args.greedy_step, args.greedy_max = 0.4, 0.7
         args.quiet = True
     return args
+
+
+def check_device(parser: argparse.ArgumentParser, name: str) -> str:
+    """``name`` if torch can run there (else the parser exits with what to do instead)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        parser.error(f"--device {name!r} is not a torch device ({e})")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                     "run on the CPU (--device cpu, the default)")  # fmt: skip
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: only cpu and cuda devices are supported")
+    return name
+
+
+def device_description(name: str, threads: int) -> str:
+    """What ran the benchmark, for the JSON's meta."""
+    import torch
+
+    if torch.device(name).type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(torch.device(name))} (float32, TF32 off)"
+    return f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, shared; torch threads {threads}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +326,9 @@ def evaluate(
     counts: dict[str, list[int]] = {}
     nll, n = 0.0, 0
     with torch.no_grad(), masked_inputs(model, thresholds or {}, counts, dense_prefix):
+        device = next(model.parameters()).device
         for ids in windows.split(batch):
+            ids = ids.to(device)
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
             nll += float(
                 torch.nn.functional.cross_entropy(
@@ -480,7 +514,7 @@ def run_model(args, name: str, texts: dict, results: Results, log) -> None:
 
     progress = not args.quiet
     t0 = time.time()
-    model, tok, description = load_model(name, dtype=torch.float32, device="cpu")
+    model, tok, description = load_model(name, dtype=torch.float32, device=args.device)
     model.requires_grad_(False)
     key = "smoke-tiny-llama" if args.smoke else slug(name)
     log(f"\n=== {description} (loaded in {time.time() - t0:.0f} s)")
@@ -768,6 +802,9 @@ def main(argv=None) -> int:
     import transformers
 
     torch.set_num_threads(max(1, args.threads))
+    # fp32 on a GPU as on the CPU: no TF32 in matmuls (the default) nor convolutions
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     t_start = time.time()
 
     def log(msg: str) -> None:
@@ -792,8 +829,7 @@ def main(argv=None) -> int:
         "position(s) dense (a prompt prefilled dense) in search and evaluation, every later "
         "token sparsified (eager masking)",
         "dense_prefix": args.dense_prefix,
-        "device": f"CPU: {cpu_name()}, {os.cpu_count()} cores visible, shared; torch threads "
-        f"{args.threads}",
+        "device": device_description(args.device, args.threads),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

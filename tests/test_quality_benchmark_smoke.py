@@ -45,3 +45,19 @@ def test_quality_benchmark_smoke(tmp_path):
             assert r["trials"] == 3 and r["search_s"] > 0
     assert set(meta["targets"][key][0]) >= {"sparsity", "status"}
     assert "targets:" in proc.stdout and "was-tpe" in proc.stdout
+
+
+def test_quality_benchmark_device_errors():
+    """A device torch cannot use stops the run at once, saying what to do instead."""
+    import torch
+
+    cases = [(["--device", "not-a-device"], "is not a torch device"),
+             (["--device", "meta"], "only cpu and cuda devices")]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "sees no CUDA GPU; run on the CPU"))
+    for args, says in cases:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--smoke", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
