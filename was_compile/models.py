@@ -83,7 +83,8 @@ def gemma3_270m_gguf_path(cache_dir: str | Path | None = None) -> Path:
 
     The first call joins the four chunk packages into ``cache_dir`` (default
     ``$WAS_CACHE_DIR/gguf`` or ``~/.cache/was_compile/gguf``; 253 MB) and checks its SHA-256;
-    later calls re-check the checksum of the cached file (≈0.2 s).
+    later calls re-check the checksum of the cached file (≈0.2 s) and no longer need the chunk
+    packages, so an assembled file copied into ``cache_dir`` works with the main package alone.
 
     Raises:
         FileNotFoundError: the packages are missing (the message names the pip command).
@@ -97,6 +98,10 @@ def gemma3_270m_gguf_path(cache_dir: str | Path | None = None) -> Path:
         ) from exc
     directory = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "gguf"
     target = directory / gemma_pkg.MODEL_NAME
+    expected = getattr(gemma_pkg, "EXPECTED_SHA256", None)
+    if expected and target.is_file() and _sha256(target) == expected:
+        # Already assembled (or copied here by hand): the chunk packages are not needed.
+        return target
     try:
         return Path(gemma_pkg.assemble(target))
     except (ImportError, FileNotFoundError) as exc:
@@ -104,6 +109,14 @@ def gemma3_270m_gguf_path(cache_dir: str | Path | None = None) -> Path:
     except FileExistsError:
         # A stale or truncated file from an interrupted run: rebuild it.
         return Path(gemma_pkg.assemble(target, overwrite=True))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
