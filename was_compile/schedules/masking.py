@@ -84,9 +84,13 @@ def masked_inputs(
 def measured_sparsity(
     model: nn.Module, thresholds: dict[str, torch.Tensor], batches: list[torch.Tensor]
 ) -> dict[str, float]:
-    """Fraction of input channels zeroed at each site on ``batches`` (input_ids [B, T])."""
+    """Fraction of input channels zeroed at each site on ``batches`` (input_ids [B, T]).
+
+    The batches may sit on any device; each is moved to the model's.
+    """
     counts: dict[str, list[int]] = {}
+    device = next(model.parameters()).device
     with torch.no_grad(), masked_inputs(model, thresholds, counts):
         for ids in batches:
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids.to(device), use_cache=False)
     return {n: c[0] / c[1] for n, c in counts.items()}
