@@ -318,6 +318,52 @@ def test_gemma_cached_file_needs_no_chunk_packages(
     assert (tmp_path / "model.gguf").read_bytes() == payload
 
 
+class _FlagTokenizer:
+    """A tokenizer whose BOS follows ``add_bos_token`` (unless ``frozen``)."""
+
+    bos_token_id = 5
+
+    def __init__(self, adds: bool, frozen: bool = False) -> None:
+        self._adds, self._frozen = adds, frozen
+
+    @property
+    def add_bos_token(self) -> bool:
+        return self._adds
+
+    @add_bos_token.setter
+    def add_bos_token(self, value: bool) -> None:
+        if not self._frozen:
+            self._adds = value
+
+    def __call__(self, text: str, add_special_tokens: bool = True, **_: object) -> dict:
+        bos = [5] if self._adds and add_special_tokens else []
+        return {"input_ids": bos + [7] * len(text)}
+
+
+@pytest.mark.parametrize(("flag", "adds"), [(True, False), (False, True), (True, True)])
+def test_gguf_bos_flag_decides(
+    flag: bool, adds: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GGUF's add_bos_token flag wins over what the installed tokenizer converter did."""
+    monkeypatch.setattr(models, "_gguf_adds_bos", lambda path: flag)
+    tok = _FlagTokenizer(adds)
+    models._follow_gguf_bos(tok, tmp_path / "m.gguf")
+    assert data.tokenizer_adds_bos(tok) is flag
+    assert token_windows(tok, "abcdefgh", 4, 2)[:, 0].eq(5).all().item() is flag
+
+
+def test_gguf_bos_flag_absent_or_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    not_gguf = tmp_path / "m.gguf"
+    not_gguf.write_bytes(b"not a gguf file")
+    assert models._gguf_adds_bos(not_gguf) is None  # unreadable: leave the tokenizer alone
+    tok = _FlagTokenizer(False)
+    models._follow_gguf_bos(tok, not_gguf)
+    assert not data.tokenizer_adds_bos(tok)
+    monkeypatch.setattr(models, "_gguf_adds_bos", lambda path: True)
+    with pytest.warns(UserWarning, match="add_bos_token=True"):
+        models._follow_gguf_bos(_FlagTokenizer(False, frozen=True), not_gguf)
+
+
 @pytest.mark.parametrize(
     ("name", "quant"),
     [

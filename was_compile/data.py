@@ -36,6 +36,7 @@ __all__ = [
     "fallback_text",
     "load_text",
     "token_windows",
+    "tokenizer_adds_bos",
 ]
 
 #: The Debian package that carries the novels.
@@ -336,7 +337,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
-def _tokenizer_adds_bos(tokenizer: Any) -> bool:
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer's own encoding starts a sequence with its BOS token."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
@@ -379,7 +380,7 @@ def token_windows(
     if seq_len < 1 or n_windows < 1:
         raise ValueError(f"seq_len and n_windows must be >= 1, got {seq_len} and {n_windows}")
     if add_bos is None:
-        add_bos = _tokenizer_adds_bos(tokenizer)
+        add_bos = tokenizer_adds_bos(tokenizer)
     bos = getattr(tokenizer, "bos_token_id", None)
     if add_bos and bos is None:
         raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
