@@ -365,6 +365,28 @@ def test_gguf_bos_flag_absent_or_ignored(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(
+    ("version", "spm", "warns"),
+    [("5.17.0", "llama", True), ("5.18.0", "llama", False), ("5.17.0", "gpt2", False)],
+)
+def test_known_bad_gguf_tokenizer_build_warns(
+    version: str, spm: str, warns: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers 5.17 mis-builds SentencePiece GGUF tokenizers (Gemma-3): say so, and how
+    to avoid it; other versions and BPE ("gpt2") tokenizers pass silently."""
+    import warnings
+
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    monkeypatch.setattr(models, "_gguf_field", lambda path, key: spm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        models._warn_bad_tokenizer_build(tmp_path / "m.gguf")
+    messages = [str(w.message) for w in caught]
+    assert any("transformers>=5.18" in m for m in messages) is warns, messages
+
+
+@pytest.mark.parametrize(
     ("name", "quant"),
     [
         ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"),

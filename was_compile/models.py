@@ -184,23 +184,53 @@ def _save_dequantised(model: Any, tokenizer: Any, stem: str, target: Path) -> No
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _gguf_adds_bos(gguf: Path) -> bool | None:
-    """The GGUF's ``tokenizer.ggml.add_bos_token`` flag; None where absent or unreadable."""
+#: transformers releases that build a SentencePiece GGUF's tokenizer (``tokenizer.ggml.model``
+#: "llama", e.g. Gemma-3) with other pieces than the rest: checked on Gemma-3-270M's GGUF and
+#: 2048 tokens of *Emma* (2024 differ from 5.24's under 5.17.0; 5.16.0 and 5.18-5.24 all
+#: agree). Gemma-3's dense perplexity there: 248 instead of 40.5.
+BAD_GGUF_SPM_TRANSFORMERS = ("5.17.",)
+
+
+def _gguf_field(gguf: Path, key: str) -> Any:
+    """One metadata value of a GGUF file; None where absent or unreadable."""
     try:
         import gguf as gguf_lib
 
-        field = gguf_lib.GGUFReader(str(gguf)).fields.get("tokenizer.ggml.add_bos_token")
-        return None if field is None else bool(field.contents())
-    except Exception:  # noqa: BLE001 - a flag we cannot read leaves the tokenizer as it is
+        field = gguf_lib.GGUFReader(str(gguf)).fields.get(key)
+        return None if field is None else field.contents()
+    except Exception:  # noqa: BLE001 - a value we cannot read changes nothing
         return None
+
+
+def _gguf_adds_bos(gguf: Path) -> bool | None:
+    """The GGUF's ``tokenizer.ggml.add_bos_token`` flag; None where absent or unreadable."""
+    flag = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
+    return None if flag is None else bool(flag)
+
+
+def _warn_bad_tokenizer_build(gguf: Path) -> None:
+    """Warn where the installed transformers is known to mis-build this GGUF's tokenizer."""
+    import transformers
+
+    version = transformers.__version__
+    if version.startswith(BAD_GGUF_SPM_TRANSFORMERS) and (
+        _gguf_field(gguf, "tokenizer.ggml.model") == "llama"
+    ):
+        warnings.warn(
+            f"transformers {version} builds the SentencePiece tokenizer of {gguf.name} with "
+            "other pieces than every other 5.x release checked (Gemma-3-270M: perplexity 248 "
+            "instead of 40.5 on the same text); install another version, e.g. "
+            "`pip install 'transformers>=5.18'`",
+            stacklevel=4,
+        )
 
 
 def _follow_gguf_bos(tokenizer: Any, gguf: Path) -> None:
     """Make the tokenizer add BOS exactly when the GGUF says the model was trained so.
 
     transformers 5.17 builds Gemma-3's tokenizer from a GGUF without its BOS token (5.24 adds
-    it); Gemma without BOS loses almost everything (dense perplexity ≈1100 instead of ≈40 on
-    Austen), so the file's own flag decides, whatever the installed version does.
+    it); Gemma without BOS loses almost everything (dense perplexity ≈1100 instead of ≈250
+    with 5.17's pieces), so the file's own flag decides, whatever the version does.
     """
     from was_compile.data import tokenizer_adds_bos
 
@@ -233,6 +263,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, cache: bool) -> tuple[torch.nn.Mo
         try:
             model = _from_pretrained(AutoModelForCausalLM, cached_dir, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(cached_dir)
+            _warn_bad_tokenizer_build(gguf)
             _follow_gguf_bos(tokenizer, gguf)
             return model, tokenizer, True
         except (OSError, ValueError) as exc:  # a damaged cache entry: rebuild it
@@ -252,6 +283,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, cache: bool) -> tuple[torch.nn.Mo
         AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _warn_bad_tokenizer_build(gguf)
     _follow_gguf_bos(tokenizer, gguf)
     _strip_gguf_marker(model)
     if cache:
