@@ -76,20 +76,10 @@ def detect_output_gains(
         return hook
 
     def in_hook(module, args):  # noqa: ANN001
-        if not args or not isinstance(args[0], torch.Tensor):
-            return
-        t = args[0]
-        name, width = outputs.get(id(t)), None
-        base = t._base
-        if name is None and base is not None and id(base) in outputs:
-            # A view of a site's output split into heads ([..., H, d], leading dims in any
-            # order) whose last dim is whole contiguous groups of d output channels: a
-            # per-head norm (Gemma-3's q_norm / k_norm) with one gain vector per head.
-            d = t.shape[-1] if t.dim() else 0
-            if t.numel() == base.numel() and d and t.stride(-1) == 1 and base.shape[-1] % d == 0:
-                name, width = outputs[id(base)], d
-        if name is not None and name not in found:
-            found[name] = (module, width)
+        if args and isinstance(args[0], torch.Tensor):
+            name = outputs.get(id(args[0]))
+            if name is not None and name not in found:
+                found[name] = module
 
     site_modules = {s.name for s in sites}
     for s in sites:
@@ -106,11 +96,10 @@ def detect_output_gains(
     by_name = {s.name: s for s in sites}
     like = next(model.parameters())
     gains = {}
-    for name, (mod, width) in found.items():
-        out = by_name[name].out_features
-        g = norm_gain(mod, width or out, like)
+    for name, mod in found.items():
+        g = norm_gain(mod, by_name[name].out_features, like)
         if g is not None:
-            gains[name] = g.repeat(out // g.numel()).cpu()  # one copy per head
+            gains[name] = g.cpu()
     return gains
 
 
