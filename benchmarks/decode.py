@@ -58,6 +58,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # benchmark this working tree's was_compile
 from was_compile import calibrate, make_schedule, masked_inputs  # noqa: E402
 from was_compile.backend import last_compile_stats, prepare  # noqa: E402
+from was_compile.hf_cache import cache_arg_name  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/: timing.py
 from timing import copy_bandwidth_Bps, graph_ms  # noqa: E402
@@ -191,10 +192,15 @@ def build_model(family: str, shape: dict, layers, device, dtype):
     return model.eval().requires_grad_(False)
 
 
+#: the KV-cache keyword of the installed transformers (``cache`` from 5.24 on, before it
+#: ``past_key_values``), a constant for Dynamo; every family here takes the same one
+CACHE_ARG = cache_arg_name(transformers.LlamaForCausalLM)
+
+
 def decode_step(model, ids, cache):
     """One decode step (the function compiled): greedy next token [B, 1]. ``model`` is an
     argument so Dynamo names the weights by their module paths, as the schedule does."""
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+    logits = model(input_ids=ids, use_cache=True, **{CACHE_ARG: cache}).logits
     return logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
 
@@ -280,8 +286,8 @@ def run_variant(model, step, prompt, args, clock: Clock) -> dict:
 
     def generate(n: int, first_call: list | None = None):
         cache.reset()
-        logits = model(input_ids=prompt, past_key_values=cache, use_cache=True,
-                       logits_to_keep=1).logits  # fmt: skip
+        logits = model(input_ids=prompt, use_cache=True, logits_to_keep=1,
+                       **{CACHE_ARG: cache}).logits  # fmt: skip
         tok = logits[:, -1, :].argmax(dim=-1, keepdim=True)
         clock.sync()
         tokens, t_wall, start = [], time.perf_counter(), clock.start()

@@ -81,7 +81,9 @@ def profile_steps(model, step, prompt, steps: int, trace_path: str, cuda: bool) 
     """Prefill eagerly, warm the compiled ``step`` up (compiles, records the CUDA graph), then
     profile ``steps`` steps into the Chrome trace ``trace_path``."""
     cache = transformers.StaticCache(config=model.config, max_cache_len=prompt.shape[1] + steps + 4)
-    logits = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(
+        input_ids=prompt, use_cache=True, logits_to_keep=1, **{decode.CACHE_ARG: cache}
+    ).logits
     tok = logits[:, -1, :].argmax(dim=-1, keepdim=True)
     for _ in range(3):
         torch.compiler.cudagraph_mark_step_begin()

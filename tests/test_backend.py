@@ -9,6 +9,7 @@ from tiny_models import batches, tiny_model
 
 import was_compile
 from was_compile.backend import last_compile_stats, prepare
+from was_compile.hf_cache import cache_kwargs, returned_cache
 from was_compile.options import WasOptions
 
 
@@ -137,12 +138,12 @@ def test_decode_with_kv_cache_is_sparse_and_does_not_recompile_per_step(llama):
 
     def run(step_fn):
         logits, out = [], step_fn(prompt, None)
-        past = out.past_key_values
+        past = returned_cache(out)
         logits.append(out.logits[:, -1])
         tok = out.logits[:, -1:].argmax(-1)
         for _ in range(6):
             out = step_fn(tok, past)
-            past = out.past_key_values
+            past = returned_cache(out)
             logits.append(out.logits[:, -1])
             tok = out.logits[:, -1:].argmax(-1)
         return logits
@@ -150,19 +151,19 @@ def test_decode_with_kv_cache_is_sparse_and_does_not_recompile_per_step(llama):
     graphs = []
 
     def compiled_step(ids, past):
-        out = compiled(ids, past_key_values=past, use_cache=True)
+        out = compiled(ids, **cache_kwargs(model, past), use_cache=True)
         graphs.append(last_compile_stats()["graphs"])
         return out
 
     def reference_step(ids, past):
         if ids.shape[1] > 1:  # prefill: dense
-            return model(ids, past_key_values=past, use_cache=True)
+            return model(ids, **cache_kwargs(model, past), use_cache=True)
         with was_compile.masked_inputs(model, schedule.thresholds):
-            return model(ids, past_key_values=past, use_cache=True)
+            return model(ids, **cache_kwargs(model, past), use_cache=True)
 
     with torch.no_grad():
         got, want = run(compiled_step), run(reference_step)
-        dense_steps = run(lambda ids, past: model(ids, past_key_values=past, use_cache=True))
+        dense_steps = run(lambda ids, past: model(ids, **cache_kwargs(model, past), use_cache=True))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[0], dense_steps[0], rtol=1e-4, atol=1e-5)  # dense prefill

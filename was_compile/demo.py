@@ -21,6 +21,7 @@ import torch
 
 from . import calibrate, make_schedule, masked_inputs, measured_sparsity
 from .backend import prepare
+from .hf_cache import cache_kwargs, returned_cache
 from .schedules.refine import refine_schedule
 
 
@@ -40,14 +41,14 @@ def perplexity(model, windows: torch.Tensor, thresholds: dict | None = None) -> 
 def greedy_decode(step, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:  # noqa: ANN001
     """Greedy decoding with a KV cache through ``step(ids, past)``; returns (tokens, tok/s)."""
     out = step(prompt, None)
-    past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    past, tok = returned_cache(out), out.logits[:, -1:].argmax(-1)
     tokens = [tok]
     if prompt.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(new_tokens - 1):
         out = step(tok, past)
-        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, tok = returned_cache(out), out.logits[:, -1:].argmax(-1)
         tokens.append(tok)
     if prompt.is_cuda:
         torch.cuda.synchronize()
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     prompt = tok(args.prompt, return_tensors="pt").input_ids.to(device)
 
     def eager_step(ids, past):  # noqa: ANN001, ANN202
-        return model(ids, past_key_values=past, use_cache=True)
+        return model(ids, **cache_kwargs(model, past), use_cache=True)
 
     with torch.no_grad():
         dense_tokens, dense_tps = greedy_decode(eager_step, prompt, args.new_tokens)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         compiled = torch.compile(model, backend="was", options=options)
 
         def step(ids, past, compiled=compiled):  # noqa: ANN001, ANN202
-            return compiled(ids, past_key_values=past, use_cache=True)
+            return compiled(ids, **cache_kwargs(model, past), use_cache=True)
 
         with torch.no_grad():
             greedy_decode(step, prompt, 3)  # compile outside the timing
