@@ -189,7 +189,8 @@ def quality_section(data: dict) -> list[str]:
     out = [
         title,
         "",
-        f"{meta['device']}, torch {meta['torch']}, {meta['dtype']}. Texts: "
+        f"{meta['device']}, torch {meta['torch']}, transformers "
+        f"{meta.get('transformers', '?')}, {meta['dtype']}. Texts: "
         + ", ".join(f"{k} {v}" for k, v in meta["texts"].items())
         + ". "
         + protocol,
