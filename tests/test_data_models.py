@@ -341,27 +341,24 @@ class _FlagTokenizer:
 
 
 @pytest.mark.parametrize(("flag", "adds"), [(True, False), (False, True), (True, True)])
-def test_gguf_bos_flag_decides(
-    flag: bool, adds: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gguf_bos_flag_decides(flag: bool, adds: bool) -> None:
     """A GGUF's add_bos_token flag wins over what the installed tokenizer converter did."""
-    monkeypatch.setattr(models, "_gguf_adds_bos", lambda path: flag)
     tok = _FlagTokenizer(adds)
-    models._follow_gguf_bos(tok, tmp_path / "m.gguf")
+    models._fix_gguf_tokenizer(tok, "m.gguf", {"model": "llama", "add_bos": flag})
     assert data.tokenizer_adds_bos(tok) is flag
     assert token_windows(tok, "abcdefgh", 4, 2)[:, 0].eq(5).all().item() is flag
 
 
-def test_gguf_bos_flag_absent_or_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gguf_bos_flag_absent_or_ignored(tmp_path: Path) -> None:
     not_gguf = tmp_path / "m.gguf"
     not_gguf.write_bytes(b"not a gguf file")
-    assert models._gguf_adds_bos(not_gguf) is None  # unreadable: leave the tokenizer alone
+    meta = models._gguf_tokenizer_meta(not_gguf)
+    assert meta["add_bos"] is None  # unreadable: leave the tokenizer alone
     tok = _FlagTokenizer(False)
-    models._follow_gguf_bos(tok, not_gguf)
+    models._fix_gguf_tokenizer(tok, not_gguf.name, meta)
     assert not data.tokenizer_adds_bos(tok)
-    monkeypatch.setattr(models, "_gguf_adds_bos", lambda path: True)
     with pytest.warns(UserWarning, match="add_bos_token=True"):
-        models._follow_gguf_bos(_FlagTokenizer(False, frozen=True), not_gguf)
+        models._follow_gguf_bos(_FlagTokenizer(False, frozen=True), not_gguf.name, True)
 
 
 @pytest.mark.parametrize(
@@ -369,7 +366,7 @@ def test_gguf_bos_flag_absent_or_ignored(tmp_path: Path, monkeypatch: pytest.Mon
     [("5.17.0", "llama", True), ("5.18.0", "llama", False), ("5.17.0", "gpt2", False)],
 )
 def test_known_bad_gguf_tokenizer_build_warns(
-    version: str, spm: str, warns: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    version: str, spm: str, warns: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """transformers 5.17 mis-builds SentencePiece GGUF tokenizers (Gemma-3): say so, and how
     to avoid it; other versions and BPE ("gpt2") tokenizers pass silently."""
@@ -378,10 +375,9 @@ def test_known_bad_gguf_tokenizer_build_warns(
     import transformers
 
     monkeypatch.setattr(transformers, "__version__", version)
-    monkeypatch.setattr(models, "_gguf_field", lambda path, key: spm)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        models._warn_bad_tokenizer_build(tmp_path / "m.gguf")
+        models._warn_bad_tokenizer_build("m.gguf", spm)
     messages = [str(w.message) for w in caught]
     assert any("transformers>=5.18" in m for m in messages) is warns, messages
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -166,14 +167,18 @@ def _strip_gguf_marker(model: Any) -> None:
         del model.config.quantization_config
 
 
-def _save_dequantised(model: Any, tokenizer: Any, stem: str, target: Path) -> None:
-    """Save a dequantised model + tokenizer as a plain safetensors directory, atomically."""
+def _save_dequantised(
+    model: Any, tokenizer: Any, stem: str, target: Path, tokenizer_meta: dict[str, Any]
+) -> None:
+    """Save a dequantised model + tokenizer (+ the GGUF's tokenizer metadata) as a plain
+    safetensors directory, atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     os.chmod(tmp, 0o755)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / _TOKENIZER_META).write_text(json.dumps(tokenizer_meta))
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,42 +196,51 @@ def _save_dequantised(model: Any, tokenizer: Any, stem: str, target: Path) -> No
 BAD_GGUF_SPM_TRANSFORMERS = ("5.17.",)
 
 
-def _gguf_field(gguf: Path, key: str) -> Any:
-    """One metadata value of a GGUF file; None where absent or unreadable."""
+#: where a dequantised cache entry keeps its GGUF's tokenizer metadata (one parse of a large
+#: GGUF's vocabulary takes seconds: Gemma-3-270M's 262k tokens ≈10 s)
+_TOKENIZER_META = "gguf_tokenizer.json"
+
+
+def _gguf_tokenizer_meta(gguf: Path) -> dict[str, Any]:
+    """The GGUF's tokenizer type (``tokenizer.ggml.model``: "llama" for SentencePiece, "gpt2"
+    for byte-level BPE, ...) and ``tokenizer.ggml.add_bos_token`` flag, from one parse of the
+    file: ``{"model": str | None, "add_bos": bool | None}``, None where absent or unreadable."""
+    meta: dict[str, Any] = {"model": None, "add_bos": None}
     try:
         import gguf as gguf_lib
 
-        field = gguf_lib.GGUFReader(str(gguf)).fields.get(key)
-        return None if field is None else field.contents()
-    except Exception:  # noqa: BLE001 - a value we cannot read changes nothing
-        return None
+        fields = gguf_lib.GGUFReader(str(gguf)).fields
+    except Exception:  # noqa: BLE001 - metadata we cannot read changes nothing
+        return meta
+    keys = {"model": "tokenizer.ggml.model", "add_bos": "tokenizer.ggml.add_bos_token"}
+    for name, key in keys.items():
+        field = fields.get(key)
+        if field is not None:
+            meta[name] = field.contents()
+    if meta["add_bos"] is not None:
+        meta["add_bos"] = bool(meta["add_bos"])
+    return meta
 
 
-def _gguf_adds_bos(gguf: Path) -> bool | None:
-    """The GGUF's ``tokenizer.ggml.add_bos_token`` flag; None where absent or unreadable."""
-    flag = _gguf_field(gguf, "tokenizer.ggml.add_bos_token")
-    return None if flag is None else bool(flag)
-
-
-def _warn_bad_tokenizer_build(gguf: Path) -> None:
-    """Warn where the installed transformers is known to mis-build this GGUF's tokenizer."""
+def _warn_bad_tokenizer_build(name: str, tokenizer_model: str | None) -> None:
+    """Warn where the installed transformers is known to mis-build GGUF ``name``'s tokenizer
+    (``tokenizer_model``: its ``tokenizer.ggml.model``)."""
     import transformers
 
     version = transformers.__version__
-    if version.startswith(BAD_GGUF_SPM_TRANSFORMERS) and (
-        _gguf_field(gguf, "tokenizer.ggml.model") == "llama"
-    ):
+    if version.startswith(BAD_GGUF_SPM_TRANSFORMERS) and tokenizer_model == "llama":
         warnings.warn(
-            f"transformers {version} builds the SentencePiece tokenizer of {gguf.name} with "
+            f"transformers {version} builds the SentencePiece tokenizer of {name} with "
             "other pieces than every other 5.x release checked (Gemma-3-270M: perplexity 248 "
             "instead of 40.5 on the same text); install another version, e.g. "
             "`pip install 'transformers>=5.18'`",
-            stacklevel=4,
+            stacklevel=5,
         )
 
 
-def _follow_gguf_bos(tokenizer: Any, gguf: Path) -> None:
-    """Make the tokenizer add BOS exactly when the GGUF says the model was trained so.
+def _follow_gguf_bos(tokenizer: Any, name: str, wanted: bool | None) -> None:
+    """Make the tokenizer add BOS exactly when GGUF ``name`` says the model was trained so
+    (``wanted``: its ``tokenizer.ggml.add_bos_token``; None leaves the tokenizer as it is).
 
     transformers 5.17 builds Gemma-3's tokenizer from a GGUF without its BOS token (5.24 adds
     it); Gemma without BOS loses almost everything (dense perplexity ≈1100 instead of ≈250
@@ -234,7 +248,6 @@ def _follow_gguf_bos(tokenizer: Any, gguf: Path) -> None:
     """
     from was_compile.data import tokenizer_adds_bos
 
-    wanted = _gguf_adds_bos(gguf)
     if wanted is None or getattr(tokenizer, "bos_token_id", None) is None:
         return
     if tokenizer_adds_bos(tokenizer) == wanted:
@@ -242,14 +255,20 @@ def _follow_gguf_bos(tokenizer: Any, gguf: Path) -> None:
     try:
         tokenizer.add_bos_token = wanted
     except (AttributeError, ValueError) as exc:
-        warnings.warn(f"could not set add_bos_token={wanted} from {gguf.name}: {exc}", stacklevel=3)
+        warnings.warn(f"could not set add_bos_token={wanted} from {name}: {exc}", stacklevel=4)
         return
     if tokenizer_adds_bos(tokenizer) != wanted:
         warnings.warn(
-            f"{gguf.name} says add_bos_token={wanted} but this transformers tokenizer does not "
+            f"{name} says add_bos_token={wanted} but this transformers tokenizer does not "
             "follow it; pass add_bos= to token_windows",
-            stacklevel=3,
+            stacklevel=4,
         )
+
+
+def _fix_gguf_tokenizer(tokenizer: Any, name: str, meta: dict[str, Any]) -> None:
+    """What a tokenizer built from GGUF ``name`` needs, given its :func:`_gguf_tokenizer_meta`."""
+    _warn_bad_tokenizer_build(name, meta.get("model"))
+    _follow_gguf_bos(tokenizer, name, meta.get("add_bos"))
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype, cache: bool) -> tuple[torch.nn.Module, Any, bool]:
@@ -263,8 +282,13 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, cache: bool) -> tuple[torch.nn.Mo
         try:
             model = _from_pretrained(AutoModelForCausalLM, cached_dir, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(cached_dir)
-            _warn_bad_tokenizer_build(gguf)
-            _follow_gguf_bos(tokenizer, gguf)
+            meta_file = cached_dir / _TOKENIZER_META
+            if meta_file.is_file():
+                meta = json.loads(meta_file.read_text())
+            else:  # an entry cached before the file was kept: parse the GGUF once, keep it
+                meta = _gguf_tokenizer_meta(gguf)
+                meta_file.write_text(json.dumps(meta))
+            _fix_gguf_tokenizer(tokenizer, gguf.name, meta)
             return model, tokenizer, True
         except (OSError, ValueError) as exc:  # a damaged cache entry: rebuild it
             warnings.warn(f"ignoring unreadable cache {cached_dir}: {exc}", stacklevel=3)
@@ -283,12 +307,12 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, cache: bool) -> tuple[torch.nn.Mo
         AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    _warn_bad_tokenizer_build(gguf)
-    _follow_gguf_bos(tokenizer, gguf)
+    meta = _gguf_tokenizer_meta(gguf)
+    _fix_gguf_tokenizer(tokenizer, gguf.name, meta)
     _strip_gguf_marker(model)
     if cache:
         try:
-            _save_dequantised(model, tokenizer, gguf.stem, cached_dir)
+            _save_dequantised(model, tokenizer, gguf.stem, cached_dir, meta)
         except (OSError, ValueError, RuntimeError) as exc:
             warnings.warn(
                 f"could not cache the dequantised model in {cached_dir}: {exc}", stacklevel=3
