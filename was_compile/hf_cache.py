@@ -9,6 +9,7 @@ cache with :func:`returned_cache`, so it runs unchanged on both.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -18,7 +19,11 @@ __all__ = ["cache_arg_name", "cache_kwargs", "returned_cache"]
 def cache_arg_name(model: Any) -> str:
     """``"cache"`` where the forward of ``model`` (an instance or a class) takes that
     argument, else ``"past_key_values"``."""
-    cls = model if isinstance(model, type) else type(model)
+    return _name_for(model if isinstance(model, type) else type(model))
+
+
+@functools.lru_cache(maxsize=64)
+def _name_for(cls: type) -> str:  # once per class: decode loops ask on every step
     params = inspect.signature(cls.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
