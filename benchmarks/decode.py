@@ -115,14 +115,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="compile with options fuse_activation=False: each block's act(gate) "
         "* up stays its own kernel (A/B of passes/fuse_output_activation.py)",
     )
-    p.add_argument(
-        "--prefetch-mb",
-        nargs="+",
-        type=float,
-        default=[0.0],
-        help="backend option prefetch_mb: each sparse GEMV prefetches the first MB of the next "
-        "one's weight into L2 (0: off, the default); several values: one 'was' variant each",
-    )
     p.add_argument("--smoke", action="store_true",
                    help="no GPU: a tiny 2-layer Llama on the CPU, eager compilers; checks the "
                    "script (timings meaningless; a temp --out unless given)")  # fmt: skip
@@ -212,19 +204,18 @@ def decode_step(model, ids, cache):
     return logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
 
-def compile_step(model, sched, smoke: bool, fuse_activation: bool = True,
-                 prefetch_mb: float = 0.0):  # fmt: skip
+def compile_step(model, sched, smoke: bool, fuse_activation: bool = True):
     """``decode_step`` compiled dense (``sched`` None: ``mode="reduce-overhead"``) or with
     ``backend="was"`` and ``sched`` (the same CUDA-graph mode, through ``options``); with
     ``smoke``, eager backends on the CPU. The was variant lays ``model``'s weights out in place
     first (``prepare``; a no-op once done), so compile dense before any sparse variant.
-    ``fuse_activation``, ``prefetch_mb``: the backend options of those names."""
+    ``fuse_activation``: the backend option (False: act(gate) * up stays its own kernel)."""
     if sched is None:
         opts = {"backend": "eager"} if smoke else {"mode": "reduce-overhead"}
     else:
         prepare(model, sched)
         was = {"schedule": sched, "max_decode_rows": MAX_DECODE_ROWS,
-               "fuse_activation": fuse_activation, "prefetch_mb": prefetch_mb}  # fmt: skip
+               "fuse_activation": fuse_activation}  # fmt: skip
         was.update({"compiler": "eager"} if smoke else {"mode": "reduce-overhead"})
         opts = {"backend": "was", "options": was}
     return torch.compile(decode_step, fullgraph=True, **opts)
@@ -337,15 +328,14 @@ def _fresh(clock: Clock) -> None:
 
 
 HEADER = (
-    f"{'model':<13}{'B':>3} {'variant':<10}{'sp':>5}{'meas':>6}{'ms/tok':>8}{'tok/s':>8}"
+    f"{'model':<13}{'B':>3} {'variant':<8}{'sp':>5}{'meas':>6}{'ms/tok':>8}{'tok/s':>8}"
     f"{'speedup':>8}{'limit':>7}{'ideal':>7}{'%ideal':>7}{'comp s':>7}{'GiB':>7}"
 )
 
 
 def _print_row(r: dict) -> None:
     gib = f"{r['peak_gib']:7.2f}" if r["peak_gib"] is not None else f"{'-':>7}"
-    label = r["variant"] + (f"+pf{r['prefetch_mb']:g}" if r.get("prefetch_mb") else "")
-    print(f"{r['model']:<13}{r['batch']:>3} {label:<10}{r['sparsity']:>5.2f}"
+    print(f"{r['model']:<13}{r['batch']:>3} {r['variant']:<8}{r['sparsity']:>5.2f}"
           f"{r['measured_union_sparsity']:>6.2f}{r['ms_per_token']:>8.3f}{r['tok_per_s']:>8.1f}"
           f"{r['speedup']:>8.2f}{r['byte_limit']:>7.2f}{r['ideal']:>7.2f}"
           f"{r['fraction_of_ideal']:>7.0%}{r['compile_s']:>7.1f}{gib}", flush=True)  # fmt: skip
@@ -380,7 +370,7 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
         for s, sched in schedules.items():
             sparsity[(b, s)] = decode_sparsity(model, sched, measure)
 
-    def row(b: int, variant: str, s: float, res: dict, sched, prefetch_mb: float) -> None:
+    def row(b: int, variant: str, s: float, res: dict, sched) -> None:
         d = dense[b]
         per_token, union = sparsity[(b, s)] if sched is not None else (0.0, 0.0)
         sparse_bytes = (1 - union) * site_bytes + head_bytes
@@ -391,7 +381,6 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
         agree = (res["tokens"] == d["tokens"]).float().mean().item()
         r = {
             "model": name, "layers": layers, "batch": b, "variant": variant, "sparsity": s,
-            "prefetch_mb": prefetch_mb,
             "schedule_sparsity": sched.achieved_sparsity() if sched is not None else 0.0,
             "measured_sparsity": per_token, "measured_union_sparsity": union,
             "ms_per_token": res["ms_per_token"], "tok_per_s": b * 1e3 / res["ms_per_token"],
@@ -403,13 +392,12 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
             "site_bytes": site_bytes, "lm_head_bytes": head_bytes,
             "sparse_weight_bytes": sparse_bytes, "copy_bandwidth_Bps": bw,
             "rewritten_sites": res.get("rewritten"), "fused_activations": res.get("activations"),
-            "prefetching_sites": res.get("prefetching"),
             "recompiles_while_timing": res["recompiles_while_timing"],
             "cudagraph_skips": res["cudagraph_skips"], "agree_with_dense": agree,
         }  # fmt: skip
         emit(r)
 
-    def variant(b: int, s: float, sched, prefetch_mb: float = 0.0) -> None:
+    def variant(b: int, s: float, sched) -> None:
         """Compile and time one variant (sched None: dense); an error is recorded, not raised."""
         _fresh(clock)
         skips = counters["inductor"]["cudagraph_skips"]
@@ -418,13 +406,11 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
                 linear_ms = time_linears(model, sites, b, clock)
                 _fresh(clock)
             # dense ran before: see compile_step
-            step = compile_step(model, sched, args.smoke, not args.no_fuse_activation,
-                                prefetch_mb)  # fmt: skip
+            step = compile_step(model, sched, args.smoke, not args.no_fuse_activation)
             res = run_variant(model, step, prompts[b], args, clock)
         except Exception as err:  # noqa: BLE001 - keep the other variants' results
             traceback.print_exc()
             errors.append({"model": name, "batch": b, "sparsity": s, "dense": sched is None,
-                           "prefetch_mb": prefetch_mb,
                            "error": f"{type(err).__name__}: {err}"[:2000]})  # fmt: skip
             return
         res.update(peak_gib=torch.cuda.max_memory_allocated() / 2**30 if clock.cuda else None,
@@ -434,15 +420,13 @@ def bench_model(name: str, args, clock: Clock, device, dtype, bw: float, emit, e
         else:
             stats = last_compile_stats()
             res["rewritten"], res["activations"] = stats["rewritten"], stats["activations"]
-            res["prefetching"] = stats.get("prefetching", 0)
-        row(b, "dense" if sched is None else "was", s, res, sched, prefetch_mb)
+        row(b, "dense" if sched is None else "was", s, res, sched)
 
     for b in args.batch:  # dense first: prepare() changes the weights' layout
         variant(b, 0.0, None)
     for s, sched in schedules.items():
         for b in [b for b in args.batch if b in dense]:  # speedups need the dense time
-            for mb in args.prefetch_mb:
-                variant(b, s, sched, mb)
+            variant(b, s, sched)
 
 
 def _version(package: str):
@@ -453,8 +437,7 @@ def _version(package: str):
 
 
 def _key(r: dict) -> tuple:
-    return (r["model"], r["layers"], r["batch"], r["variant"], r["sparsity"],
-            r.get("prefetch_mb", 0.0))  # fmt: skip
+    return (r["model"], r["layers"], r["batch"], r["variant"], r["sparsity"])
 
 
 def _splitk_reduction() -> str:

@@ -134,22 +134,18 @@ def compile_case(mod, n: int, k: int, ends: list, m: int, sparsity: float, confi
     act = "h_ptr" in names
     act_late = act and names.index("h_ptr") > names.index("SPARSITY_BUCKET")
     act_early = act and not act_late
-    # from 2026-11-25: the L2 prefetch's pf_ptr and PF_BYTES, after HALF (l2_prefetch.py)
-    pf = ("pf_ptr" in names) and act_late
     args = (
         bf16, bf16, f32, f32, i32, i32, *((i32, bf16, bf16) if atomic else ()),
         *((bf16,) if act_early else ()),
         m, n, k, k, k, *((n // 2,) if act_early else ()),
         *e_args,
         sparsity_bucket(sparsity), *((bf16, n // 2) if act_late else ()),
-        *((bf16, config.get("PF_BYTES", 0)) if pf else ()),
         m_bucket(m), seg_aligned, False,
         *((True, False) if atomic else ()),
     )  # fmt: skip
     meta = {key: config[key] for key in ("BLOCK_N", "BLOCK_K", "K_ITERS", "USE_DOT", "COMPACT")}
-    for opt in ("PIPE", "WIDE", "ACT", "GATED", "PREFETCH"):  # only passed when set (PIPE:
-        # kernel files before 2026-11-23; ACT, GATED: the output activation, from 2026-11-24;
-        # PREFETCH: the L2 prefetch, from 2026-11-25)
+    for opt in ("PIPE", "WIDE", "ACT", "GATED"):  # only passed when set (PIPE: kernel files
+        # before 2026-11-23; ACT, GATED: the output activation, from 2026-11-24)
         if config.get(opt, 0):
             meta[opt] = config[opt]
     kwargs = {**meta, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}

@@ -334,31 +334,3 @@ def test_tune_shapes_times_and_records_switch_points(tmp_path, monkeypatch):
     table = json.loads((tmp_path / "switch_points.json").read_text())
     assert len(table) == 2 and all(v in (0, 1, 3) for v in table.values())  # buckets 0.5, None
     switch_points._cached_table.cache_clear()
-
-
-@pytest.mark.parametrize("m", [1, 4, 8])
-def test_l2_prefetch_changes_no_result(m, monkeypatch):
-    """With the L2 prefetch of another weight (``l2_prefetch.py``), alone and in a CUDA graph
-    of chained calls as the backend builds them, every output matches the reference and the
-    atomic workspace is left zeroed."""
-    monkeypatch.setenv("WAS_AUTOTUNE", "0")
-    from was_compile.kernels.triton_sparse_gemv import reserve_workspace_for, sparse_gemv
-
-    k, ends = 4096, [4096, 5120, 6144]
-    x, w_t, thr, b = _make(m, k, ends, torch.bfloat16, seed=31 + m, sparsity=0.5)
-    nxt = torch.randn(6144, 4096, device=DEV).to(torch.bfloat16)
-    reserve_workspace_for(w_t, ends, m)
-    _poison_free_memory()
-    for nbytes in (128, 16 * 10**6, nxt.numel() * 2):
-        y = sparse_gemv(x, w_t, thr, ends, b, prefetch=nxt, prefetch_bytes=nbytes)
-        check(y, reference(x, w_t, thr, ends, b), x, k)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        ys = [sparse_gemv(x, w_t, thr, ends, b, prefetch=w_t if i % 2 else nxt,
-                          prefetch_bytes=8 * 10**6) for i in range(4)]  # fmt: skip
-    x.copy_(torch.randn(x.shape, device=DEV).to(x.dtype))
-    graph.replay()
-    torch.cuda.synchronize()
-    for y in ys:
-        check(y, reference(x, w_t, thr, ends, b), x, k)
-    assert _workspace_is_zero()

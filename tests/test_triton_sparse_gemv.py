@@ -543,35 +543,3 @@ def test_output_activation_errors():
         sparse_gemv(x, w_t, thr, [10, 30], activation=OutputActivation("silu"))
     with pytest.raises(ValueError, match="activation 'swish' is not supported"):
         sparse_gemv(x, w_t, thr, [15, 30], activation=OutputActivation("swish", gated=False))
-
-
-# ---------------------------------------------------------------- L2 prefetch (l2_prefetch.py)
-
-
-@pytest.mark.parametrize("m,cfg", [(1, FMA_CFG), (3, DOT_CFG), (2, WIDE_CFGS[0])])
-def test_prefetch_arguments_change_no_result(m, cfg):
-    """The prefetch's two kernel arguments sit between the others: a call with them (the
-    hint itself is compiled out in the interpreter) computes exactly what a call without does,
-    on every path."""
-    k, ends = 100, [40, 57, 99]
-    x, w_t, thr, b = _make(m, k, ends, torch.bfloat16, seed=40 + m)
-    other = torch.randn(77, 33).to(torch.bfloat16)
-    conf = {"num_warps": 4, **cfg}
-    y0 = sparse_gemv(x, w_t, thr, ends, b, config=conf, reduction="ordered")
-    y1 = sparse_gemv(x, w_t, thr, ends, b, config=conf, reduction="ordered",
-                     prefetch=other, prefetch_bytes=other.numel() * 2)  # fmt: skip
-    check(y1, reference(x, w_t, thr, ends, b), x, k)
-    assert torch.equal(y0, y1)
-
-
-def test_prefetch_errors():
-    x, w_t, thr, ends, b = _ok()
-    other = torch.randn(8, 8)
-    with pytest.raises(ValueError, match="needs a prefetch tensor"):
-        sparse_gemv(x, w_t, thr, ends, b, prefetch_bytes=128)
-    with pytest.raises(ValueError, match=r"prefetch_bytes = 257 outside 0\.\.256"):
-        sparse_gemv(x, w_t, thr, ends, b, prefetch=other, prefetch_bytes=257)
-    with pytest.raises(ValueError, match="prefetch must be contiguous"):
-        sparse_gemv(x, w_t, thr, ends, b, prefetch=other.t(), prefetch_bytes=128)
-    with pytest.raises(ValueError, match="prefetch is on meta"):
-        sparse_gemv(x, w_t, thr, ends, b, prefetch=other.to("meta"), prefetch_bytes=128)

@@ -22,7 +22,6 @@ from torch import fx
 from .errors import InferenceOnlyError, ScheduleMismatchError
 from .kernels.ops import reserve_decode_workspace
 from .options import WasOptions
-from .passes.chain_prefetch import chain_prefetch
 from .passes.detect_sites import GraphSite, detect_sites, find_attentions
 from .passes.fuse_output_activation import fuse_output_activation
 from .passes.rewrite_sparse_linear import GroupPlan, rewrite_sparse_linear
@@ -130,7 +129,6 @@ def _rewrite(gm: fx.GraphModule, plans: list[GroupPlan], opts: WasOptions) -> in
         gm, plans, sparse_prefill=opts.prefill == "sparse", max_decode_rows=opts.max_decode_rows
     )
     _LAST_STATS["activations"] = fuse_output_activation(gm) if opts.fuse_activation else 0
-    _LAST_STATS["prefetching"] = chain_prefetch(gm, int(opts.prefetch_mb * 1e6))
     schedule = opts.schedule
     for plan in plans:
         # before any CUDA-graph warm-up or capture: the kernel's split-K workspace
@@ -155,8 +153,7 @@ def was_backend(gm: fx.GraphModule, example_inputs: list, **kwargs) -> object:
     _, needs_layout = _group_plans(groups, opts.schedule, values, dry_run=True)
     _LAST_STATS.clear()
     _LAST_STATS.update(sites=len(sites), attention=len(find_attentions(gm.graph)),
-                       relaid=needs_layout, rewritten=0, activations=0,
-                       prefetching=0)  # fmt: skip
+                       relaid=needs_layout, rewritten=0, activations=0)  # fmt: skip
     if needs_layout:
         log.info("was: weights are re-laid out on this call; Dynamo re-traces once after it")
         return _LayOutThenRunEagerly(gm, groups, values, opts)

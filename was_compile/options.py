@@ -32,9 +32,6 @@ class WasOptions:
     fuse_activation: let the gate|up kernel write an MLP's ``act(gate) * up`` (or ``act(fc1)``)
         (``passes/fuse_output_activation.py``: one kernel fewer per block); False keeps it a
         separate op.
-    prefetch_mb: after each sparse GEMV, ask L2 for the first ``prefetch_mb`` MB (10**6 bytes)
-        of the next sparse site's weight, so they move while the kernels between run
-        (``passes/chain_prefetch.py``, ``kernels/l2_prefetch.py``); 0 (default) = off.
     inductor_config: extra Inductor config patches (any option key not listed here).
     """
 
@@ -44,7 +41,6 @@ class WasOptions:
     compiler: str = "inductor"
     mode: str | None = None
     fuse_activation: bool = True
-    prefetch_mb: float = 0.0
     inductor_config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,11 +52,6 @@ class WasOptions:
             raise WasError(
                 f"option max_decode_rows must be in 1..16 (the decode kernel's limit), "
                 f"got {self.max_decode_rows}"
-            )
-        if not 0.0 <= float(self.prefetch_mb) <= 1024.0:
-            raise WasError(
-                f"option prefetch_mb must be in 0..1024 (MB of the next weight to prefetch into "
-                f"L2; an H100's L2 holds 50), got {self.prefetch_mb}"
             )
 
     @classmethod

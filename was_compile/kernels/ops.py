@@ -51,11 +51,8 @@ def reserve_decode_workspace(weight_t: torch.Tensor, segment_ends: list[int],
 def _sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor,
                    segment_ends: list[int], bias: torch.Tensor | None, sparse_prefill: bool,
                    max_decode_rows: int, sparsity_hint: float,
-                   activation: OutputActivation | None, prefetch: torch.Tensor | None,
-                   prefetch_bytes: int) -> torch.Tensor:  # fmt: skip
-    """Both ops; ``activation``: return act(gate) * up (or act(y)) instead of y;
-    ``prefetch``, ``prefetch_bytes``: the decode kernel's L2 prefetch of the next site's
-    weight (``l2_prefetch.py``; a hint, ignored by the other paths)."""
+                   activation: OutputActivation | None) -> torch.Tensor:  # fmt: skip
+    """Both ops; ``activation``: return act(gate) * up (or act(y)) instead of y."""
     k = x.shape[-1]
     rows = x.numel() // k if k else 0
 
@@ -70,8 +67,7 @@ def _sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Te
         limit = switch_points.decode_rows_limit(x, k, segment_ends, _bucket(hint))
         if limit is None or rows <= limit:
             y = gemv(x.reshape(rows, k), weight_t, thresholds, segment_ends, bias,
-                     sparsity_hint=hint, activation=activation, prefetch=prefetch,
-                     prefetch_bytes=prefetch_bytes)  # fmt: skip
+                     sparsity_hint=hint, activation=activation)  # fmt: skip
             return y.reshape(*x.shape[:-1], y.shape[-1])
     return finish(sparse_linear_reference(x, weight_t, thresholds, segment_ends, bias))
 
@@ -86,8 +82,6 @@ def sparse_linear(
     sparse_prefill: bool,
     max_decode_rows: int,
     sparsity_hint: float = -1.0,
-    prefetch: torch.Tensor | None = None,
-    prefetch_bytes: int = 0,
 ) -> torch.Tensor:
     """Thresholded linear over a group of sibling sites; see :func:`sparse_linear_reference`.
 
@@ -97,18 +91,15 @@ def sparse_linear(
     than the masked dense path (``switch_points``; the same mask, cuBLAS) on this GPU.
     Above ``max_decode_rows``, prefill: dense unless ``sparse_prefill``.
     ``sparsity_hint`` (the schedule's sparsity, or -1 for unknown) only picks the kernel's
-    autotuning bucket. ``prefetch`` (the next site's weight_t, or None) and ``prefetch_bytes``:
-    the decode kernel then asks L2 for that many of its first bytes once done
-    (``l2_prefetch.py``, set by ``passes/chain_prefetch.py``; a hint, no result changes).
+    autotuning bucket.
     """
     return _sparse_linear(x, weight_t, thresholds, segment_ends, bias, sparse_prefill,
-                          max_decode_rows, sparsity_hint, None, prefetch,
-                          prefetch_bytes)  # fmt: skip
+                          max_decode_rows, sparsity_hint, None)  # fmt: skip
 
 
 @sparse_linear.register_fake
 def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_rows,
-      sparsity_hint=-1.0, prefetch=None, prefetch_bytes=0):  # fmt: skip
+      sparsity_hint=-1.0):  # fmt: skip
     torch._check(x.shape[-1] == weight_t.shape[0], lambda: "x and weight_t disagree on K")
     torch._check(thresholds.shape[0] == len(segment_ends), lambda: "one threshold row a segment")
     return x.new_empty((*x.shape[:-1], weight_t.shape[1]))
@@ -127,22 +118,18 @@ def sparse_linear_act(
     act: str,
     gated: bool,
     gate_first: bool,
-    prefetch: torch.Tensor | None = None,
-    prefetch_bytes: int = 0,
 ) -> torch.Tensor:
     """``sparse_linear`` followed by its output activation (``output_activation.py``), which
     the decode kernel writes in its epilogue: gated, act(gate) * up [..., N / 2] of a group of
-    two equal segments (gate first or second); else act(y) [..., N]. ``prefetch``,
-    ``prefetch_bytes``: as in ``sparse_linear``."""
+    two equal segments (gate first or second); else act(y) [..., N]."""
     activation = OutputActivation(act, gated, gate_first)
     return _sparse_linear(x, weight_t, thresholds, segment_ends, bias, sparse_prefill,
-                          max_decode_rows, sparsity_hint, activation, prefetch,
-                          prefetch_bytes)  # fmt: skip
+                          max_decode_rows, sparsity_hint, activation)  # fmt: skip
 
 
 @sparse_linear_act.register_fake
 def _(x, weight_t, thresholds, segment_ends, bias, sparse_prefill, max_decode_rows,
-      sparsity_hint, act, gated, gate_first, prefetch=None, prefetch_bytes=0):  # fmt: skip
+      sparsity_hint, act, gated, gate_first):  # fmt: skip
     torch._check(x.shape[-1] == weight_t.shape[0], lambda: "x and weight_t disagree on K")
     torch._check(thresholds.shape[0] == len(segment_ends), lambda: "one threshold row a segment")
     n = weight_t.shape[1]

@@ -78,7 +78,6 @@ from .gemv_tuner import (
     tuning_key,
     weight_copies,
 )
-from .l2_prefetch import check_prefetch, prefetch_share
 from .output_activation import OutputActivation, activation_reference
 from .splitk import (
     REDUCTION_MODES,
@@ -238,19 +237,17 @@ def _sparse_gemv_kernel(
     SPARSITY_BUCKET, h_ptr, HALF,  # (h_ptr, HALF here, not beside y_ptr and stride_thr:
     # there ptxas gave the dot path 78 registers instead of 72 on Llama-3-8B down and gate+up
     # at M = 8, one CTA fewer per SM and a second wave, 20% slower; kernel_notes section 15)
-    pf_ptr, PF_BYTES,
     M_BUCKET: tl.constexpr, SEG_ALIGNED: tl.constexpr, INTERPRET: tl.constexpr,
     ATOMIC_REDUCE: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_ITERS: tl.constexpr, USE_DOT: tl.constexpr,
     COMPACT: tl.constexpr, WIDE: tl.constexpr = 0, ACT: tl.constexpr = 0,
-    GATED: tl.constexpr = 0, GATE_FIRST: tl.constexpr = 1, PREFETCH: tl.constexpr = 0,
+    GATED: tl.constexpr = 0, GATE_FIRST: tl.constexpr = 1,
 ):  # fmt: skip
     """One CTA: columns [n0, n0 + BLOCK_N) of one segment x rows [k_start, k_start + CHUNK).
     ATOMIC_REDUCE: adds its fp32 partial into the zeroed workspace part[:M, :] and the tile's
     last CTA writes y (splitk.py); else writes it to part[pid_k, :M, n0:n0 + BLOCK_N] for the
     ordered reduction kernel. ACT, GATED, GATE_FIRST, h_ptr, HALF: the output activation
-    the atomic epilogue writes (``output_activation.py``). PREFETCH: then ask L2 for this CTA's
-    share of the first PF_BYTES bytes at pf_ptr, the next site's weight (``l2_prefetch.py``)."""
+    the atomic epilogue writes (``output_activation.py``)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
 
@@ -337,9 +334,6 @@ def _sparse_gemv_kernel(
         tl.store(p_ptrs, part, mask=(offs_m[:, None] < M) & n_mask[None, :])
         # the reduction kernel learns the split count of the config that actually ran
         tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
-    if PREFETCH:
-        if not INTERPRET:  # (no inline assembly in the interpreter; a hint changes no result)
-            prefetch_share(pf_ptr, PF_BYTES, 128)
 
 
 _LAST_CONFIG: list = [None]  # the config of the most recent launch
@@ -535,8 +529,6 @@ def sparse_gemv(
     config: dict | None = None,
     reduction: str | None = None,
     activation: OutputActivation | None = None,
-    prefetch: torch.Tensor | None = None,
-    prefetch_bytes: int = 0,
 ) -> torch.Tensor:
     """x [M, K] (M 1..16), weight_t [K, N] contiguous, thresholds [S, K] fp32, segment_ends
     increasing, last == N; bias [N] or None. Returns y [M, N] in x.dtype with
@@ -552,17 +544,10 @@ def sparse_gemv(
     ``"ordered"`` (``splitk.py``); default from ``WAS_SPLITK_REDUCTION`` (atomic).
     ``activation``: return act(gate) * up [M, N / 2] (or act(y)) instead of y, written by the
     atomic epilogue (``output_activation.py``; with the ordered reduction, computed after it).
-    ``prefetch``, ``prefetch_bytes``: once done, the CTAs ask L2 for the first
-    ``prefetch_bytes`` bytes of ``prefetch`` (the next site's weight in a decode step;
-    ``l2_prefetch.py``); a hint, no result changes.
     """
     if reduction is not None and reduction not in REDUCTION_MODES:
         _fail(f"reduction must be one of {REDUCTION_MODES}, got {reduction!r}")
     m, k, n, ends = _validate(x, weight_t, thresholds, segment_ends, bias)
-    try:
-        pf_bytes = check_prefetch(prefetch, prefetch_bytes, x.device)
-    except ValueError as e:
-        _fail(str(e))
     if activation is not None:
         try:
             activation.check(ends)
@@ -636,8 +621,7 @@ def sparse_gemv(
         bias if has_bias else y, y,
         m, n, k, x.stride(0), thresholds.stride(0),
         *e_args,
-        sb, h, ends[0], prefetch if pf_bytes else y, pf_bytes,
-        mb, seg_aligned, interpret_mode(), atomic, has_bias,
+        sb, h, ends[0], mb, seg_aligned, interpret_mode(), atomic, has_bias,
     )  # fmt: skip
     launch = {}
     if config.get("maxnreg") and not interpret_mode():  # register cap (ptxas)
@@ -645,8 +629,6 @@ def sparse_gemv(
     if fused:
         meta.update(ACT=activation.code, GATED=int(activation.gated),
                     GATE_FIRST=int(activation.gate_first))  # fmt: skip
-    if pf_bytes:
-        meta["PREFETCH"] = 1
     _LAST_CONFIG[0] = config
     compiled = _sparse_gemv_kernel[_grid(ends, k)](
         *args,
