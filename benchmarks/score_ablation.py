@@ -21,6 +21,12 @@ differences are the score's. Same models, texts and evaluation as ``quality.py``
 
     python benchmarks/score_ablation.py                       # both models, 40/50/60%
     python benchmarks/score_ablation.py --smoke               # tiny random model (checks it)
+    python benchmarks/score_ablation.py --components --sparsities 0.6 0.4
+
+``--components`` asks where the column norm helps and where it costs: per component kind
+(q, k, v, o, gate, up, down), the WAS thresholds on that kind's sites and magnitude
+thresholds on all others ("was on K"), and the converse ("was except K"), every site at the
+same sparsity; writes ``benchmarks/results/score_components.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # quality.py
 from quality import MODELS, evaluate, make_smoke_model  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "score_ablation.json"
+COMPONENTS_OUT = DEFAULT_OUT.with_name("score_components.json")
 LIBRARY_SCORES = (  # label, calibration column norm, schedule method (the library's path)
     ("magnitude (teal-uniform)", "l1", "teal-uniform"),
     ("was L1 (was-uniform)", "l1", "was-uniform"),
@@ -66,6 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help=f"JSON (default {DEFAULT_OUT})")
     p.add_argument("--smoke", action="store_true", help="a tiny random model: checks the script")
+    p.add_argument(
+        "--components",
+        action="store_true",
+        help="WAS on one component kind, magnitude on the rest (and the converse)",
+    )
     return p.parse_args(argv)
 
 
@@ -164,6 +176,17 @@ def dropped_input_means(model, sites, batches, thresholds: dict) -> dict:
     return {n: (v / count["tokens"]).float() for n, v in sums.items()}
 
 
+def component_swaps(teal: dict, was: dict, sites) -> dict:
+    """Label -> thresholds: "teal", "was", and per component kind K "was on K" (WAS
+    thresholds on K's sites, magnitude elsewhere) and "was except K" (the converse)."""
+    out = {"teal": teal, "was": was}
+    for kind in sorted({s.kind for s in sites}):
+        out[f"was on {kind}"] = {s.name: (was if s.kind == kind else teal)[s.name] for s in sites}
+        out[f"was except {kind}"] = {s.name: (teal if s.kind == kind else was)[s.name]
+                                     for s in sites}  # fmt: skip
+    return out
+
+
 @contextmanager
 def output_biases(model, biases: dict):
     """Inside the block, each named module's output gets ``biases[name]`` [out] added."""
@@ -174,6 +197,30 @@ def output_biases(model, biases: dict):
     finally:
         for h in handles:
             h.remove()
+
+
+def component_rows(model, source: str, desc: str, calib, ev, sparsities) -> list[dict]:
+    """Rows of ``--components`` for one model: every ``component_swaps`` variant at each
+    sparsity, printed as they come."""
+    from was_compile import calibrate, make_schedule
+
+    cal = calibrate(model, calib, progress=False)
+    sites = cal.sites
+    dense, _, _ = evaluate(model, ev, None, 4, sites)
+    print(f"\n{desc}: dense perplexity {dense:.2f}")
+    rows = []
+    for s in sparsities:
+        swaps = component_swaps(make_schedule(cal, s, "teal-uniform").thresholds,
+                                make_schedule(cal, s, "was-uniform").thresholds, sites)  # fmt: skip
+        cells = []
+        for label, th in swaps.items():
+            ppl, achieved, _ = evaluate(model, ev, th, 4, sites)
+            rows.append({"model": desc, "source": source, "score": label, "sparsity": s,
+                         "ppl": ppl, "dense_ppl": dense,
+                         "achieved_sparsity": achieved})  # fmt: skip
+            cells.append(f"{label} {ppl:.1f}")
+        print(f"  {s:.0%}: " + ", ".join(cells), flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -188,12 +235,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     models, texts = args.models, {"calib": args.calib_text, "eval": args.eval_text}
-    out = args.out or DEFAULT_OUT
+    out = args.out or (COMPONENTS_OUT if args.components else DEFAULT_OUT)
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="was_ablation_"))
         path, paths = make_smoke_model(tmp)
         models, texts = [path], {"calib": paths["calib"], "eval": paths["eval"]}
-        out = args.out or tmp / "score_ablation.json"
+        out = args.out or tmp / (COMPONENTS_OUT if args.components else DEFAULT_OUT).name
     meta = {
         "benchmark": "uniform schedules, one score each; perplexity on held-out text",
         "device": "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
@@ -206,6 +253,11 @@ def main(argv=None) -> int:
                    "first token dense": "each evaluated window's first token not masked"},
         "smoke": args.smoke, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }  # fmt: skip
+    if args.components:
+        meta["benchmark"] = ("uniform schedules; WAS (L1) thresholds on one component kind "
+                             "and magnitude (teal-uniform) thresholds on the others, or the "
+                             "converse; perplexity on held-out text")  # fmt: skip
+        meta.pop("scores")
     rows: list[dict] = []
     t0 = time.time()
     for name in models:
@@ -217,6 +269,9 @@ def main(argv=None) -> int:
 
         calib = list(windows(texts["calib"], args.calib_windows).split(4))
         ev = windows(texts["eval"], args.eval_windows)
+        if args.components:
+            rows += component_rows(model, name, desc, calib, ev, args.sparsities)
+            continue
         cals = {norm: calibrate(model, calib, norm=norm, progress=False) for norm in ("l1", "l2")}
         sites = cals["l1"].sites
         gains = loss_gradient_gains(model, sites, calib)

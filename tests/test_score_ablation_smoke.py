@@ -112,3 +112,36 @@ def test_mean_compensation_removes_the_mean_error_of_the_first_site():
     compensated = mean_output(th, {first.name: bias})
     assert float((plain - dense).abs().max()) > 1e-3  # the mask does shift the mean
     torch.testing.assert_close(compensated, dense, rtol=0, atol=1e-5)
+
+
+def test_component_swaps_take_each_kind_from_one_side():
+    from types import SimpleNamespace
+
+    mod = load_benchmark("score_ablation")
+    sites = [SimpleNamespace(name=f"s{i}", kind=k) for i, k in enumerate(["q", "q", "k", "down"])]
+    teal = {s.name: torch.rand(3) for s in sites}
+    was = {s.name: torch.rand(3) + 2 for s in sites}
+    swaps = mod.component_swaps(teal, was, sites)
+    assert set(swaps) == {"teal", "was"} | {f"was {w} {k}" for w in ("on", "except")
+                                            for k in ("q", "k", "down")}  # fmt: skip
+    for kind in ("q", "k", "down"):
+        for s in sites:
+            on, off = (was, teal) if s.kind == kind else (teal, was)
+            assert swaps[f"was on {kind}"][s.name] is on[s.name]
+            assert swaps[f"was except {kind}"][s.name] is off[s.name]
+
+
+def test_components_smoke(tmp_path):
+    mod = load_benchmark("score_ablation")
+    out = tmp_path / "components.json"
+    argv = ["--smoke", "--components", "--out", str(out), "--sparsities", "0.5",
+            "--threads", "1", "--calib-windows", "4", "--eval-windows", "4"]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["smoke"] and len(doc["rows"]) == 2 + 2 * 7  # teal, was, 7 kinds x 2
+    for r in doc["rows"]:
+        assert r["ppl"] > 1 and abs(r["achieved_sparsity"] - 0.5) < 0.1
