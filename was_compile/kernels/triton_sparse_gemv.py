@@ -35,8 +35,9 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
   [M, BLOCK_N] into a self-cleaning fp32 workspace with fp32 atomics and the last CTA of each
   column tile writes y (one kernel); ``WAS_SPLITK_REDUCTION=ordered`` writes the partials to
   [splits, M, N] and sums them in a fixed order in a second small kernel (bitwise
-  reproducible). Never fp16/bf16 atomics. The split-K traffic is <= ~10% of the weight bytes
-  (the pruner enforces it) and stays in L2. No memset, no host sync, no data-dependent
+  reproducible). Never fp16/bf16 atomics. The pruner bounds the split-K traffic: partials
+  written and read back under 10% of the weight bytes, fp32 atomics into L2 under 25%
+  (``autotune_configs``). No memset, no host sync, no data-dependent
   shapes: the launcher is CUDA-graph capturable once the shape is tuned and the workspace
   reserved (run one call before capture; autotuning itself cannot run inside a capture).
 * Interpreter (TRITON_INTERPRET=1) workarounds, compiled out on the GPU: its ``tl.dot`` treats
