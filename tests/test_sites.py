@@ -62,3 +62,16 @@ def test_model_without_sites_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(ValueError, match="no activation->linear sites"):
         was_compile.find_sites(model, example_inputs={"input": torch.ones(2, 4)})
+
+
+def test_every_attention_input_kind_has_a_place_in_the_tables():
+    """detect_sites names a fused attention input by the roles it feeds, in q, k, v order
+    (any non-empty subset); ``was show`` and the schedule plot index KIND_ORDER by kind."""
+    from itertools import combinations
+
+    from was_compile.sites import KIND_ORDER
+
+    for n in (1, 2, 3):
+        for roles in combinations("qkv", n):
+            assert "".join(roles) in KIND_ORDER
+    assert len(set(KIND_ORDER)) == len(KIND_ORDER)

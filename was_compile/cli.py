@@ -307,7 +307,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="was", description="Weight-aware activation sparsity: calibrate, search, show."
+        prog="was",
+        description="Weight-aware activation sparsity: calibrate, search, show, tune.",
     )
     parser.add_argument("--traceback", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine",
         type=int,
         default=1,
-        help="passes re-reading thresholds with the schedule applied (1; 0 turns it off)",
+        help="re-read thresholds with the schedule applied (any value > 0: one sequential "
+        "sweep, the default; 0 turns it off)",
     )
     p.add_argument("--storage", help="SQLite file or RDB URL (default: OUT/tpe.db)")
     p.add_argument("--study-name", help="optuna study name (default: from model and budget)")

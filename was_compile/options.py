@@ -23,8 +23,9 @@ class WasOptions:
     schedule: the per-site thresholds (a :class:`Schedule` or a saved schedule folder).
     prefill: ``"dense"`` (default; prefill runs the plain matmul, as deployed by TEAL and
         WAS) or ``"sparse"`` (prefill tokens are masked like decode tokens).
-    max_decode_rows: rows (batch x new tokens) up to which the sparse decode kernel runs;
-        above it the prefill path runs.
+    max_decode_rows: rows (batch x new tokens) up to which the sparse decode kernel may run
+        (it hands over to the masked dense path sooner where ``was tune`` measured a smaller
+        switch point for the shape); above it the prefill path runs.
     compiler: ``"inductor"`` (default) or ``"eager"`` (run the rewritten graph as is, for
         debugging and fast CPU tests).
     mode: a torch.compile mode (``"reduce-overhead"`` for CUDA graphs, ...). torch.compile

@@ -14,18 +14,21 @@ from .passes.detect_sites import GraphSite, detect_sites, find_attentions
 
 log = logging.getLogger(__name__)
 
-KIND_ORDER = ("q", "k", "v", "qk", "kv", "qkv", "o", "gate", "up", "gate_up", "down")
+# every kind detect_sites can give (an attention input fused over any of q, k, v: qk, qv, kv,
+# qkv), in the order tables and plots list them
+KIND_ORDER = ("q", "k", "v", "qk", "qv", "kv", "qkv", "o", "gate", "up", "gate_up", "down")
 
 
 @dataclass(frozen=True)
 class Site:
     """One linear whose input is sparsified.
 
-    ``name`` is the module path (``model.layers.3.mlp.down_proj``); ``kind`` one of ``q k v
-    qkv o gate up gate_up down``; ``block`` the decoder block index (order of attention ops
-    in the graph); ``group`` names the sites reading the same input tensor, which run as one
-    launch (``block3.gate+up``). ``weight_layout`` is ``"out_in"`` for ``nn.Linear``
-    (weight [out, in]) and ``"in_out"`` for GPT-2's ``Conv1D`` (weight [in, out]).
+    ``name`` is the module path (``model.layers.3.mlp.down_proj``); ``kind`` one of
+    ``KIND_ORDER`` (``q k v``, a fused ``qk qv kv qkv``, ``o gate up gate_up down``); ``block``
+    the decoder block index (order of attention ops in the graph); ``group`` names the sites
+    reading the same input tensor, which run as one launch (``block3.gate+up``).
+    ``weight_layout`` is ``"out_in"`` for ``nn.Linear`` (weight [out, in]) and ``"in_out"`` for
+    GPT-2's ``Conv1D`` (weight [in, out]).
     """
 
     name: str

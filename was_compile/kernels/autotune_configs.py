@@ -7,9 +7,9 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   BLOCK_N * elem_size bytes, >= 128 B for bf16/fp16 (a full 128-byte line) and 16-byte vector
   loads per thread (8 bf16), so a warp instruction reads 1..4 whole rows and a dropped channel
   removes whole instructions, not lanes of one.
-* BLOCK_K (rows per loop iteration) x BLOCK_N sets the bytes each CTA has in flight per
-  iteration (2-32 KB). ~18 KB in flight per SM covers HBM latency at 3 TB/s; several CTAs per
-  SM make up the rest, hence the register budget in ``_fits_registers``.
+* BLOCK_K (rows per loop iteration) x BLOCK_N sets the bytes each CTA has in flight per iteration
+  (4-32 KB at 16-bit weights). ~18 KB in flight per SM covers HBM latency at 3 TB/s; several CTAs
+  per SM make up the rest, hence the register budget in ``_fits_registers``.
 * K_ITERS: iterations per CTA. Split-K is expressed as a chunk of CHUNK_K = BLOCK_K * K_ITERS
   rows per CTA (64..2048), so the number of K splits is cdiv(K, CHUNK_K) and the loop bound is
   a constexpr (interpreter friendly, fully static loop on the GPU). The grid is
@@ -22,8 +22,8 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
   M = 5-8, rows 4-7 as a second group of four, were tried on the H100 on 2026-11-24 and never
   won: kernel_notes section 11). M = 4 may use the dot
   path, the default FMA tiles (one elementwise [BLOCK_K, BLOCK_N] fp32 accumulator per row,
-  reduced over K once at the end) or the wide ones (all are timed); M = 1 and 2 use the wide
-  FMA tiles only (below).
+  reduced over K once at the end) or the wide ones (all are timed); M = 2 the wide tiles or
+  the dot path; M = 1 the wide tiles only (below). The default FMA tiles never run at M <= 2.
 * COMPACT: 0 = masked rows (a dropped row's loads are predicated off), 1 = each CTA first
   lists its chunk's kept channels and then reads BLOCK_K kept rows per iteration. At high
   sparsity the masked variant keeps few bytes in flight per iteration (latency bound), the
@@ -38,7 +38,7 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
 * WIDE = 1 (``fma_wide.py``, M <= 4): BLOCK_N = 256 columns per warp, every lane holds all
   BLOCK_K rows of its 8 columns (BLOCK_K 16-byte loads in one burst, K summed in-thread).
   Tiles and chunks from the H100 probes of benchmarks/results/tile_probe*.json (kernel_notes.md
-  section 8): 1-2 warp CTAs, BLOCK_K 8-32, chunks of 64-256 channels (4-16 steps), i.e. many
+  section 8): 1-2 warp CTAs, BLOCK_K 8-32, chunks of 64-256 channels (2-32 steps), i.e. many
   small independent CTAs, ~16-30 warps per SM. Beat the other FMA tiles at every Llama-3-8B
   shape at 0-70% (gate|up 50%: 58 vs 72 us; down 50%: 37 vs 47 us; 0%: ~cuBLAS). Rows of x
   held per lane grow with M, so M = 4 keeps BLOCK_K <= 8.
@@ -66,8 +66,9 @@ import triton
 MAX_SEGMENTS = 8
 # Largest number of rows of x (decode batch) the kernel accepts.
 MAX_M = 16
-# Candidates benchmarked per tuning key after pruning, and the fewest of each variant
-# (masked / compacting x dot / default FMA / wide tiles) among them.
+# Candidates per tuning key and family (few / many K splits) after pruning; in the many-splits
+# family each variant (masked / compacting x default / wide tiles) keeps at least
+# MIN_PER_VARIANT.
 MAX_CANDIDATES = 12
 MIN_PER_VARIANT = 2
 # SMs assumed when no CUDA device can be asked (H100 SXM).
@@ -83,8 +84,8 @@ MAX_ATOMIC_OVERHEAD = 0.25
 
 
 # (BLOCK_N, BLOCK_K, num_warps) tiles of the FMA path and of the dot path, most promising
-# first (the pruner keeps the first ones when more than MAX_CANDIDATES fit): 8-16 K elements
-# per iteration and CTA, one or two whole 512-byte rows per warp instruction.
+# first (the pruner keeps the first ones when more than MAX_CANDIDATES fit): 2K-16K weight
+# elements per iteration and CTA, rows of 128-1024 bytes.
 _FMA_TILES = (
     (256, 32, 4),
     (256, 64, 8),
@@ -267,8 +268,8 @@ def column_tiles(segment_ends: tuple, block_n: int) -> int:
 
 def _runs_bucket(cfg, mb: int) -> bool:
     """Whether a config may run M bucket mb: M >= 5 needs the dot path (BLOCK_K >= 16), M = 1
-    the FMA paths, M <= 2 only the wide FMA tiles (they won every M = 1, 2 shape on the H100,
-    tile_probe*.json); and the FMA path's registers must fit."""
+    the FMA paths, and of the FMA tiles M <= 2 runs only the wide ones (they won every M = 1,
+    2 shape on the H100, tile_probe*.json); and the FMA path's registers must fit."""
     kw = cfg.kwargs
     use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
     if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
@@ -404,8 +405,8 @@ def register_cap_variants(config: dict, n_regs: int | None = None,
                           fixed_caps: bool = True) -> list[dict]:  # fmt: skip
     """A timed config under the register caps the tuner times against it: each of
     ``REGISTER_CAPS`` for wide FMA tiles (``fixed_caps``), and for any config the occupancy
-    step below its ``n_regs`` (the registers its compiled kernel uses). None for a config
-    that has a cap."""
+    step below its ``n_regs`` (the registers its compiled kernel uses). An empty list for a
+    config that already has a cap."""
     if config.get("maxnreg"):
         return []
     caps = list(REGISTER_CAPS) if fixed_caps and config.get("WIDE", 0) else []

@@ -22,7 +22,8 @@ DECODE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @functools.cache
 def _triton_gemv() -> Callable | None:
-    """The Triton decode kernel, or None where Triton or a CUDA device is missing."""
+    """The Triton decode kernel, or None where it cannot be imported (callers check the
+    device)."""
     try:
         from .triton_sparse_gemv import sparse_gemv
     except Exception:  # noqa: BLE001 - any import failure means "use the reference"

@@ -5,7 +5,8 @@ union of M independent rows' kept channels grows quickly with M (1 - s**M of the
 for a per-row sparsity s), and a dense GEMM on the masked input (the prefill path: same mask
 semantics, cuBLAS) wins from some M on. Where, depends on the shape, the dtype, the sparsity
 and the GPU, so it is measured, never guessed: ``was tune MODEL`` times, per site shape, the
-kernel and the masked dense path at M = 1, 2, 4, 8 (and 16) for each sparsity bucket, and
+kernel and the masked dense path at M = 1, 2, 4, 8 (and 16) for the sparsity buckets of the
+tuned sparsities (by default 0% and 50%, plus the unknown bucket), and
 :func:`record` keeps, per key, the largest M up to which the kernel was faster at every
 measured M (0: the kernel never was). The table lives in ``$WAS_CACHE_DIR/switch_points.json``
 (default ``~/.cache/was_compile``), keyed by the GPU's name, so a second process and every

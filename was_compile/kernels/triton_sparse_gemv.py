@@ -30,7 +30,7 @@ Design (memory-bound GEMV, M = 1..16 rows of x, H100 target):
   inputs use ``input_precision="ieee"``, not TF32).
 * WIDE = 1 (``fma_wide.py``, M <= 4): tiles of BLOCK_N = 256 columns per warp where every
   lane holds all BLOCK_K rows of its 8 columns, K summed in-thread, small CTAs, short chunks;
-  COMPACT there runs as many steps as there are kept channels. The fastest path at M <= 2.
+  COMPACT there runs cdiv(kept channels, BLOCK_K) steps. The fastest path at M <= 2.
 * Reduction across K splits (``splitk.py``): by default every CTA adds its fp32 partial
   [M, BLOCK_N] into a self-cleaning fp32 workspace with fp32 atomics and the last CTA of each
   column tile writes y (one kernel); ``WAS_SPLITK_REDUCTION=ordered`` writes the partials to

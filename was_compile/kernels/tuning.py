@@ -1,10 +1,10 @@
 """Ahead-of-time autotuning of the sparse GEMV for a model's linear shapes (``was tune MODEL``).
 
-Each (N, K, M, sparsity) runs the kernel once on the current CUDA device, which makes
-``gemv_tuner`` time the candidate configs for that tuning key (N, K, M bucket, sparsity bucket,
-dtype, reduction) and store the choice on disk, so later processes start tuned. The chosen
-config and the time of the tuned kernel are recorded, next to dense cuBLAS (``F.linear`` on
-the [N, K] weight) and the op's masked dense path for the same shape, all three timed as
+Each (N, K, M, sparsity) runs the kernel once on the current CUDA device, which makes ``gemv_tuner``
+time the candidate configs for that tuning key (GPU, kernel-source hash, dtype, K, segment ends, M
+bucket, sparsity bucket, reduction) and store the choice on disk, so later processes start tuned.
+The chosen config and the time of the tuned kernel are recorded, next to dense cuBLAS (``F.linear``
+on the [N, K] weight) and the op's masked dense path for the same shape, all three timed as
 decode runs them (``graph_timing.sequence_ms``: back to back in one CUDA graph over distinct
 weight copies, no flush).
 """
@@ -82,7 +82,8 @@ def tune_shapes(
     Also times the op's masked dense path (``sparse_linear_reference``: the same mask, then
     cuBLAS) and records the switch points between the two in the on-disk table of
     ``switch_points`` for this GPU and dtype.
-    Returns rows {N, K, M, sparsity, sparsity_hint, config, time_us, cublas_us, prefill_us}."""
+    Returns rows {N, K, segment_ends, M, sparsity, sparsity_hint, sparsity_bucket, config,
+    time_us, cublas_us, prefill_us}."""
     if not torch.cuda.is_available():
         raise RuntimeError(
             "tune_shapes needs a CUDA device: Triton autotuning times kernels on the GPU "

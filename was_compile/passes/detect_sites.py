@@ -3,7 +3,8 @@
 A *site* is a linear layer whose input can be sparsified. Sites are recognised from the
 dataflow of the graph, never from module names:
 
-* attention inputs (``q``, ``k``, ``v`` or a fused ``qkv``): linears whose output reaches the
+* attention inputs (``q``, ``k``, ``v`` or a fused combination: ``qkv``, ``qk``, ``kv``,
+  ``qv``): linears whose output reaches the
   query/key/value operand of an attention op (``scaled_dot_product_attention``, or the
   ``matmul -> softmax -> matmul`` pattern of eager attention);
 * attention output (``o``): a linear whose input is the attention op's output, reached

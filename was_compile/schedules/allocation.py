@@ -13,7 +13,8 @@ uniform on the search text.
 
 What is used instead is a direction: ``z_b``, the standardised ``-log`` cost, and the
 allocations ``budget + alpha * z_b`` moved exactly onto the budget. The TPE search
-(:mod:`~was_compile.schedules.tpe`) samples ``alpha`` with per-block offsets and starts from a
+(:mod:`~was_compile.schedules.tpe`) samples ``alpha`` (and, with ``delta`` > 0, per-block
+offsets) and starts from a
 few values of ``alpha`` (0 is uniform), so its best is never worse than uniform on the search
 objective. Measured on SmolLM2-135M at 60%: search perplexity 89.7 (uniform), 87.4
 (``alpha`` = 0.03), 89.7 (0.06), 100.5 (0.09).

@@ -183,7 +183,8 @@ def _detached(tree: object) -> object:
 def greedy_input_ids(batches: Iterable, max_tokens: int) -> torch.Tensor:
     """Rows of ``batches`` (input_ids [B, T]) as one [n, T'] batch of at most ``max_tokens``.
 
-    T' is the shortest row length, capped at ``max_tokens``; n = max(1, max_tokens // T').
+    T' is the shortest row length, capped at ``max_tokens``; n = max(1, min(rows available,
+    max_tokens // T')).
     """
     rows: list[torch.Tensor] = []
     for batch in batches:
