@@ -75,87 +75,16 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 
 
 @triton.jit
-def _wide_part(acc0, odd0, acc1, odd1, acc2, odd2, acc3, odd3, BLOCK_M: tl.constexpr,
-               PACKED: tl.constexpr):  # fmt: skip
-    """The [BLOCK_M, BLOCK_N] fp32 partial sums from the rows' accumulators."""
-    rows = tl.arange(0, BLOCK_M)[:, None]
-    part = tl.where(rows == 0, _wide_out(acc0, odd0, PACKED)[None, :], 0.0)
-    if BLOCK_M >= 2:
-        part = tl.where(rows == 1, _wide_out(acc1, odd1, PACKED)[None, :], part)
-    if BLOCK_M >= 4:
-        part = tl.where(rows == 2, _wide_out(acc2, odd2, PACKED)[None, :], part)
-        part = tl.where(rows == 3, _wide_out(acc3, odd3, PACKED)[None, :], part)
-    return part
-
-
-@triton.jit
-def _wide_pipelined(x_ptr, wq, thr_ptr, list_ptr, count, M, NQ, K, stride_xm, k_start, offs_q,
-                    q_mask, offs_k, kept, x0, x1, x2, x3, steps, BLOCK_M: tl.constexpr,
-                    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, COMPACT: tl.constexpr,
-                    PACKED: tl.constexpr, IS_BF16: tl.constexpr,
-                    ACC_N: tl.constexpr):  # fmt: skip
-    """The PIPE loop of ``_fma_tile_wide``: step 0's channels, mask and x come in; step 0's
-    weights and step 1's rows are requested first, then every iteration requests step i + 1's
-    weights and step i + 2's rows before it consumes step i."""
-    w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :], mask=kept[:, None] & q_mask[None, :],
-                other=0, eviction_policy=WEIGHT_EVICTION)  # fmt: skip
-    j = tl.arange(0, BLOCK_K) + BLOCK_K
-    offs_k1, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k1, ok, M, stride_xm, BLOCK_M)
-    kept1, y0, y1, y2, y3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
-    acc0 = tl.zeros([ACC_N], dtype=tl.float32)
-    acc1 = acc0
-    acc2 = acc0
-    acc3 = acc0
-    odd0 = acc0
-    odd1 = acc0
-    odd2 = acc0
-    odd3 = acc0
-    for _ in range(steps):
-        # past the chunk nothing is kept: the requests of the last two steps read nothing
-        w_next = tl.load(wq + offs_k1[:, None] * NQ + offs_q[None, :],
-                         mask=kept1[:, None] & q_mask[None, :], other=0,
-                         eviction_policy=WEIGHT_EVICTION)  # fmt: skip
-        j += BLOCK_K
-        offs_k2, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
-        thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k2, ok, M, stride_xm, BLOCK_M)
-        kept2, z0, z1, z2, z3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
-        acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)
-        if BLOCK_M >= 2:
-            acc1, odd1 = _wide_acc(acc1, odd1, x1, w, PACKED, IS_BF16)
-        if BLOCK_M >= 4:
-            acc2, odd2 = _wide_acc(acc2, odd2, x2, w, PACKED, IS_BF16)
-            acc3, odd3 = _wide_acc(acc3, odd3, x3, w, PACKED, IS_BF16)
-        w = w_next
-        offs_k1 = offs_k2
-        kept1 = kept2
-        x0 = y0
-        x1 = y1
-        x2 = y2
-        x3 = y3
-        y0 = z0
-        y1 = z1
-        y2 = z2
-        y3 = z3
-    return _wide_part(acc0, odd0, acc1, odd1, acc2, odd2, acc3, odd3, BLOCK_M, PACKED)
-
-
-@triton.jit
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr, SEG_ALIGNED: tl.constexpr,
-                   PIPE: tl.constexpr = 0):  # fmt: skip
+                   K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
+                   SEG_ALIGNED: tl.constexpr):  # fmt: skip
     """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
     chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
 
     COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
     instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
-    of 16 are loaded as int32 column pairs (PACKED).
-
-    PIPE (``WIDE = 2``): two steps of weights in flight per lane instead of one; step i + 1's
-    weights are requested before step i's are consumed (x and thresholds two steps ahead), so
-    a CTA's last steps, which run when few CTAs are left to fill HBM, wait one round trip
-    per two steps."""
+    of 16 are loaded as int32 column pairs (PACKED)."""
     CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     PACKED: tl.constexpr = SEG_ALIGNED and w_ptr.dtype.element_ty != tl.float32
     IS_BF16: tl.constexpr = w_ptr.dtype.element_ty == tl.bfloat16
@@ -187,11 +116,6 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         steps = tl.cdiv(count, BLOCK_K)
     else:
         steps = K_ITERS
-    if PIPE:
-        return _wide_pipelined(x_ptr, wq, thr_ptr, list_ptr, count, M, NQ, K, stride_xm,
-                               k_start, offs_q, q_mask, offs_k, kept, x0, x1, x2, x3, steps,
-                               BLOCK_M, BLOCK_K, CHUNK, COMPACT, PACKED, IS_BF16,
-                               ACC_N)  # fmt: skip
     for _ in range(steps):
         w = tl.load(wq + offs_k[:, None] * NQ + offs_q[None, :],
                     mask=kept[:, None] & q_mask[None, :], other=0,
@@ -212,4 +136,11 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         x1 = y1
         x2 = y2
         x3 = y3
-    return _wide_part(acc0, odd0, acc1, odd1, acc2, odd2, acc3, odd3, BLOCK_M, PACKED)
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    part = tl.where(rows == 0, _wide_out(acc0, odd0, PACKED)[None, :], 0.0)
+    if BLOCK_M >= 2:
+        part = tl.where(rows == 1, _wide_out(acc1, odd1, PACKED)[None, :], part)
+    if BLOCK_M >= 4:
+        part = tl.where(rows == 2, _wide_out(acc2, odd2, PACKED)[None, :], part)
+        part = tl.where(rows == 3, _wide_out(acc3, odd3, PACKED)[None, :], part)
+    return part

@@ -318,7 +318,7 @@ def _sparse_gemv_kernel(
     elif WIDE:  # wide tiles: many rows per thread, K reduced in-thread (fma_wide.py)
         part = _fma_tile_wide(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm,
                               k_start, n0, n_end, M_BUCKET, BLOCK_N, BLOCK_K, K_ITERS,
-                              COMPACT, SEG_ALIGNED, WIDE == 2)  # fmt: skip
+                              COMPACT, SEG_ALIGNED)  # fmt: skip
         offs_m = tl.arange(0, M_BUCKET)
     else:
         part = _fma_tile(x_ptr, w_ptr, thr_row, list_ptr, count, M, N, K, stride_xm, k_start,
@@ -538,8 +538,7 @@ def sparse_gemv(
     ``sparsity_hint``: expected fraction of dropped channels (e.g. the schedule's target); it
     only selects the autotuning bucket. ``config``: bypass autotuning with explicit meta
     parameters {BLOCK_N, BLOCK_K, K_ITERS, USE_DOT, COMPACT (default 0), WIDE (default 0;
-    1 = the wide FMA tiles for M <= 4, see ``fma_wide``; 2 = the same with two steps of
-    weights in flight), num_warps,
+    1 = the wide FMA tiles for M <= 4, see ``fma_wide``), num_warps,
     num_stages, maxnreg (optional register cap)} (tests, tuning). With the environment
     variable ``WAS_AUTOTUNE=0`` the pruner's first-ranked config runs untimed (quick checks;
     slower kernels). ``reduction``: how split-K parts are summed, ``"atomic"`` or
@@ -589,8 +588,8 @@ def sparse_gemv(
     meta = {key: int(config[key]) for key in required}
     meta["COMPACT"] = int(config.get("COMPACT", 0))
     wide = int(config.get("WIDE", 0))
-    if wide not in (0, 1, 2):
-        _fail(f"config: WIDE must be 0, 1 or 2 (two steps of weights in flight), got {wide}")
+    if wide not in (0, 1):
+        _fail(f"config: WIDE must be 0 or 1, got {wide}")
     if wide:  # passed only when set: a config without WIDE launches the other paths
         if meta["USE_DOT"] or mb > 4:
             _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
