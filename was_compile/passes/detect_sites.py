@@ -4,9 +4,9 @@ A *site* is a linear layer whose input can be sparsified. Sites are recognised f
 dataflow of the graph, never from module names:
 
 * attention inputs (``q``, ``k``, ``v`` or a fused combination: ``qkv``, ``qk``, ``kv``,
-  ``qv``): linears whose output reaches the
-  query/key/value operand of an attention op (``scaled_dot_product_attention``, or the
-  ``matmul -> softmax -> matmul`` pattern of eager attention);
+  ``qv``): linears whose output reaches the query/key/value operand of an attention op
+  (``scaled_dot_product_attention``, or the ``matmul -> softmax -> matmul`` pattern of eager
+  attention);
 * attention output (``o``): a linear whose input is the attention op's output, reached
   through layout ops only (view, transpose, contiguous, ...);
 * MLP output (``down``): a linear whose input is computed from other linears' outputs through
