@@ -41,6 +41,21 @@ def test_record_then_lookup_per_device_dtype_shape_and_bucket(table):
     assert sp.decode_rows_limit(x, 64, (32, 48), 2) is None  # measured on another GPU only
 
 
+def test_an_unmeasured_bucket_takes_the_nearest_measured_one_below(table):
+    """Sparser calls read fewer rows: a lower bucket's switch point is the safe one to use.
+    Never a higher bucket's, and the unknown bucket (0) only its own."""
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    sp.record([_row(1, 5, 9, bucket=3), _row(2, 6, 9, bucket=3), _row(4, 10, 9, bucket=3)],
+              "Test GPU", torch.bfloat16)  # fmt: skip
+    assert sp.decode_rows_limit(x, 64, (32, 48), 4) == 2  # >= 75%: the 50-75% point
+    assert sp.decode_rows_limit(x, 64, (32, 48), 2) is None  # nothing measured below 25-50%
+    assert sp.decode_rows_limit(x, 64, (32, 48), 0) is None
+    sp.record([_row(1, 12, 9, bucket=1)], "Test GPU", torch.bfloat16)  # loses at M = 1
+    assert sp.decode_rows_limit(x, 64, (32, 48), 2) == 0  # 25-50%: the < 25% point
+    assert sp.decode_rows_limit(x, 64, (32, 48), 3) == 2  # its own, not the lower one
+    assert sp.decode_rows_limit(x, 64, (32, 64), 4) is None  # another shape
+
+
 def test_unreadable_table_says_what_to_do(table):
     table.write_text("{not json")
     with pytest.raises(RuntimeError, match="delete it and run `was tune MODEL` again"):

@@ -12,8 +12,12 @@ measured M (0: the kernel never was). The table lives in ``$WAS_CACHE_DIR/switch
 (default ``~/.cache/was_compile``), keyed by the GPU's name, so a second process and every
 later compile of a model of the same shapes use it with no timing runs.
 
-Without an entry for a key the op keeps its default (the kernel for up to
-``max_decode_rows`` rows): an untuned shape behaves as before tuning.
+A sparsity bucket that was not measured takes the switch point of the nearest measured
+bucket below it (a schedule at 40% uses the one measured at 0%, one at 80% the one at 50%):
+the kernel reads fewer rows at higher sparsity while the masked path costs the same, so a
+lower bucket's switch point is a safe one. Without any entry for the shape the op keeps its
+default (the kernel for up to ``max_decode_rows`` rows): an untuned shape behaves as before
+tuning.
 """
 
 from __future__ import annotations
@@ -112,9 +116,15 @@ def _device_name(index: int) -> str:
 
 def decode_rows_limit(x: torch.Tensor, k: int, ends: Sequence[int], bucket: int) -> int | None:
     """Largest number of rows for which the sparse kernel was measured faster than the masked
-    dense path for this shape, dtype, sparsity bucket and GPU; None where never measured."""
+    dense path for this shape, dtype, sparsity bucket and GPU (an unmeasured bucket: the
+    nearest measured one below it; the unknown bucket 0 only itself); None where never
+    measured."""
     table = _cached_table()
     if not table:
         return None
     name = _device_name(x.device.index if x.device.index is not None else 0)
-    return table.get(_key(name, x.dtype, k, tuple(ends), bucket))
+    for b in [bucket] + list(range(bucket - 1, 0, -1)):  # bucket 0 (unknown) has no "below"
+        limit = table.get(_key(name, x.dtype, k, tuple(ends), b))
+        if limit is not None:
+            return limit
+    return None
