@@ -286,6 +286,30 @@ def test_missing_packages_name_the_pip_command(monkeypatch: pytest.MonkeyPatch) 
         load_model("smollm2")
 
 
+def test_cached_gguf_entry_in_a_read_only_cache_is_used(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dequantised entry cached before the tokenizer metadata was kept, in a cache that
+    cannot be written: the entry loads from the cache (the metadata is parsed, not kept)
+    instead of being thrown away and rebuilt."""
+    monkeypatch.setenv("WAS_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not a gguf")  # unreadable metadata: the tokenizer is left as it is
+    entry = models.cache_root() / "dequantised" / f"m-{models._cache_key(gguf)}"
+    shutil.copytree(tiny_llama_dir, entry)
+    real_write = Path.write_text
+
+    def read_only(self: Path, *args, **kwargs):  # noqa: ANN002, ANN003
+        if self.parent == entry:
+            raise PermissionError(f"read-only: {self}")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    model, tok, cached = models._load_gguf(gguf, torch.float32, cache=True)
+    assert cached and type(model).__name__ == "LlamaForCausalLM"
+    assert (entry / "config.json").is_file() and not (entry / models._TOKENIZER_META).exists()
+
+
 def test_gemma_cached_file_needs_no_chunk_packages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

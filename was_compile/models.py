@@ -287,7 +287,10 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, cache: bool) -> tuple[torch.nn.Mo
                 meta = json.loads(meta_file.read_text())
             else:  # an entry cached before the file was kept: parse the GGUF once, keep it
                 meta = _gguf_tokenizer_meta(gguf)
-                meta_file.write_text(json.dumps(meta))
+                try:
+                    meta_file.write_text(json.dumps(meta))
+                except OSError:  # a read-only cache: the entry itself is fine, parse next time
+                    pass
             _fix_gguf_tokenizer(tokenizer, gguf.name, meta)
             return model, tokenizer, True
         except (OSError, ValueError) as exc:  # a damaged cache entry: rebuild it
