@@ -543,3 +543,28 @@ def test_output_activation_errors():
         sparse_gemv(x, w_t, thr, [10, 30], activation=OutputActivation("silu"))
     with pytest.raises(ValueError, match="activation 'swish' is not supported"):
         sparse_gemv(x, w_t, thr, [15, 30], activation=OutputActivation("swish", gated=False))
+
+
+def test_m8_dot_candidates_hold_the_measured_winners():
+    """M bucket 8 (H100, benchmarks/results/config_sweep/, 57% of the channels kept): the
+    fastest configs were 2-warp dot tiles and a tile's second split count by CTA count, which
+    the pruner had not offered. Now every masked dot tile's two best split counts and the 2-warp
+    tiles are timed at M >= 5 (after the candidates offered before), and never below M = 8."""
+    configs = ac._all_configs(False)
+
+    def kept(ends, k, mb):
+        return ac._prune_cached(configs, ends, k, mb, 4, 2, 132)
+
+    def keys(cands):
+        return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["K_ITERS"],
+                 c.kwargs["COMPACT"], c.num_warps) for c in cands}  # fmt: skip
+
+    qwen_qkv = keys(kept((3584, 4096, 4608), 3584, 8))
+    assert (128, 16, 8, 0, 2) in qwen_qkv and (128, 32, 8, 0, 4) in qwen_qkv
+    assert (128, 16, 8, 0, 2) in keys(kept((3584,), 3584, 8))  # Qwen2.5-7B o
+    assert (64, 64, 1, 0, 2) in keys(kept((2048, 2560, 3072), 2048, 8))  # Llama-3.2-1B q|k|v
+    for ends, k in (((2048, 2560, 3072), 2048), ((14336, 28672), 4096), ((4096,), 14336)):
+        for mb in (1, 2, 4):
+            assert not any(c.kwargs["USE_DOT"] and c.num_warps < 4 for c in kept(ends, k, mb))
+        m8 = kept(ends, k, 8)
+        assert any(c.num_warps < 4 for c in m8) and len(m8) <= 3 * ac.MAX_CANDIDATES

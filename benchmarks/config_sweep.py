@@ -1,0 +1,180 @@
+"""GPU probe: time a grid of sparse-GEMV configs on one model's shapes, beyond what the pruner
+offers the tuner, to see whether a config the tuner never timed beats its pick.
+
+Written for the M = 8 rows of ``kernels.json`` that lose to cuBLAS on small shapes (Qwen2.5-7B
+and Llama-3.2-1B q+k+v and o, union of kept channels ~56%): there the tuner's picks split K
+into 32-64 chunks of one step each, and each CTA's time is one chain of round trips (x, mask,
+weight rows, mma, fp32 atomics, fence, ticket, the last CTA's read-back). The grid here adds
+narrow column tiles (16-32 columns) with few K splits (fewer atomics, longer loops), which the
+config space of ``autotune_configs`` does not hold.
+
+For each case it times cuBLAS, the config ``kernels.json`` holds for the same row (if any) and
+every config of the grid, all with kernels.py's sequence protocol in one process, each output
+checked against the fp32 masked reference (a config whose error exceeds 2e-2 is reported and
+not ranked). Prints the best ``--top`` per case and writes every timing to ``--out``.
+
+    python benchmarks/config_sweep.py --model Llama-3.2-1B --cases qkv:0.9:8 o:0.9:8
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from kernels import MODELS, model_shapes  # noqa: E402
+
+# dot-path grid (M >= 5): (BLOCK_N, BLOCK_K, num_warps); narrow tiles first
+DOT_TILES = (
+    (16, 64, 1),
+    (32, 64, 2),
+    (32, 128, 4),
+    (64, 64, 2),
+    (64, 64, 4),
+    (64, 128, 4),
+    (128, 64, 4),
+    (128, 32, 4),
+    (256, 64, 8),
+)
+# wide FMA grid (M <= 4): (BLOCK_N, BLOCK_K, num_warps)
+WIDE_TILES = ((256, 8, 1), (256, 16, 1), (256, 32, 1), (512, 16, 2))
+CHUNKS = (64, 128, 256, 512, 1024, 2048, 4096)
+MAX_REL_ERR = 2e-2
+
+
+def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS) -> list[dict]:
+    """The configs timed for K channels and M rows (dot path for M >= 5, else wide tiles)."""
+    out = []
+    if m >= 5:
+        for (bn, bk, w), chunk, compact in itertools.product(tiles, chunks, (0, 1)):
+            if chunk < bk or chunk > 2 * k or (compact and m * chunk > 32 * 32 * w):
+                continue  # COMPACT holds M x CHUNK of x in registers (``_fits_registers``)
+            out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": chunk // bk, "USE_DOT": 1,
+                        "COMPACT": compact, "num_warps": w, "num_stages": 3})  # fmt: skip
+    else:
+        for (bn, bk, w), chunk in itertools.product(WIDE_TILES, (32, 64, 128, 256, 512)):
+            if chunk >= bk:
+                out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": chunk // bk, "USE_DOT": 0,
+                            "COMPACT": 0, "WIDE": 1, "num_warps": w, "num_stages": 1})  # fmt: skip
+    return out
+
+
+def kernels_json_config(model: str, shape: str, sparsity: float, m: int) -> dict | None:
+    path = ROOT / "benchmarks/results/kernels.json"
+    if not path.exists():
+        return None
+    for r in json.loads(path.read_text())["rows"]:
+        if (r["model"], r["shape"], r["M"]) == (model, shape, m) and (
+            abs(r["sparsity"] - sparsity) < 1e-9
+        ):
+            return r.get("config")
+    return None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, choices=list(MODELS))
+    p.add_argument("--cases", nargs="+", required=True, help="SHAPE:SPARSITY:M")
+    p.add_argument("--top", type=int, default=8)
+    p.add_argument("--tiles", default=None, help="JSON list of [BLOCK_N, BLOCK_K, num_warps]: "
+                   "the dot tiles to time instead of DOT_TILES")  # fmt: skip
+    p.add_argument("--chunks", default=None, help="JSON list of chunk lengths (channels)")
+    p.add_argument("--budget-s", type=float, default=1e9, help="stop timing new configs after")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/config_sweep.json"))
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+    import triton
+    from gemv_bytes import masked_reference
+    from timing import copy_bandwidth_Bps
+
+    from was_compile.kernels.graph_timing import copies_for, events_ms, l2_bytes, sequence_ms
+    from was_compile.kernels.triton_sparse_gemv import reserve_workspace_for, sparse_gemv
+    from was_compile.kernels.tuning import make_activations, make_weight_t
+
+    dev = torch.device("cuda")
+    t0 = time.time()
+    shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
+    copy_bw = copy_bandwidth_Bps(dev, lambda fn: events_ms(fn, reps=5, rounds=7))
+    print(f"copy {copy_bw / 1e12:.2f} TB/s", flush=True)
+    grid_args = (
+        [tuple(t) for t in json.loads(args.tiles)] if args.tiles else DOT_TILES,
+        json.loads(args.chunks) if args.chunks else CHUNKS,
+    )
+    rows = []
+    for case in args.cases:
+        shape, sp, m = case.split(":")
+        sp, m = float(sp), int(m)
+        k, ends, has_bias = shapes[shape]
+        n = ends[-1]
+        x, thr = make_activations(m, k, sp, torch.bfloat16, dev, len(ends), seed=1)
+        copies = copies_for(k * n * 2, l2_bytes(dev))
+        w_ts = [make_weight_t(n, k, torch.bfloat16, dev, seed=n + k + i) for i in range(copies)]
+        bias = torch.randn(n, device=dev, dtype=torch.bfloat16) if has_bias else None
+        reserve_workspace_for(w_ts[0], ends)
+        ws = [w.t().contiguous() for w in w_ts]
+        cublas_us = sequence_ms([functools.partial(F.linear, x, w, bias) for w in ws]) * 1e3
+        del ws
+        ref, kept_bytes, union = masked_reference(x, thr, w_ts[0], ends)
+        if bias is not None:
+            ref += bias.float()
+        limit_us = kept_bytes / copy_bw * 1e6
+        print(f"\n{args.model} {shape} M={m} {sp:.0%}: union {union:.3f}, cuBLAS "
+              f"{cublas_us:.2f} us, limit {limit_us:.2f} us", flush=True)  # fmt: skip
+        tuned = kernels_json_config(args.model, shape, sp, m)
+        cands = [("kernels.json", tuned)] if tuned else []
+        cands += [("grid", c) for c in grid(k, m, *grid_args)]
+        timed = []
+        for source, cfg in cands:
+            if time.time() - t0 > args.budget_s:
+                print("budget reached: remaining configs not timed", flush=True)
+                break
+            call = functools.partial(sparse_gemv, x, w_ts[0], thr, ends, bias, config=cfg)
+            try:
+                y = call()
+                err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+                us = sequence_ms([functools.partial(sparse_gemv, x, w, thr, ends, bias,
+                                                    config=cfg) for w in w_ts]) * 1e3  # fmt: skip
+            except Exception as e:  # a config Triton cannot compile for this shape
+                print(f"  {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            row = {"model": args.model, "shape": shape, "M": m, "sparsity": sp,
+                   "union_kept": union, "source": source, "config": cfg, "us": us,
+                   "cublas_us": cublas_us, "limit_us": limit_us,
+                   "speedup_vs_cublas": cublas_us / us, "max_rel_err": err}  # fmt: skip
+            rows.append(row)
+            if err <= MAX_REL_ERR:
+                timed.append(row)
+            else:
+                print(f"  WRONG {cfg}: rel err {err:.2e}", flush=True)
+            if source == "kernels.json":
+                print(f"  kernels.json config: {us:.2f} us ({cublas_us / us:.3f}x)", flush=True)
+        timed.sort(key=lambda r: r["us"])
+        for r in timed[: args.top]:
+            c = r["config"]
+            print(f"  {r['us']:7.2f} us {r['speedup_vs_cublas']:6.3f}x  {c['BLOCK_N']}x"
+                  f"{c['BLOCK_K']}x{c['K_ITERS']} w{c['num_warps']} compact={c['COMPACT']}"
+                  f" splits={-(-k // (c['BLOCK_K'] * c['K_ITERS']))} ({r['source']})",
+                  flush=True)  # fmt: skip
+        del w_ts
+        torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
+            "command": " ".join(sys.argv), "elapsed_s": time.time() - t0,
+            "timing": "sequence protocol (kernels.py), bf16, explicit configs"}  # fmt: skip
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
