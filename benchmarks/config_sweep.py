@@ -22,6 +22,7 @@ import argparse
 import functools
 import itertools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,15 +51,15 @@ CHUNKS = (64, 128, 256, 512, 1024, 2048, 4096)
 MAX_REL_ERR = 2e-2
 
 
-def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS) -> list[dict]:
+def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(0, 1)) -> list:
     """The configs timed for K channels and M rows (dot path for M >= 5, else wide tiles)."""
     out = []
     if m >= 5:
-        for (bn, bk, w), chunk, compact in itertools.product(tiles, chunks, (0, 1)):
+        for (bn, bk, w), chunk, st, compact in itertools.product(tiles, chunks, stages, compacts):
             if chunk < bk or chunk > 2 * k or (compact and m * chunk > 32 * 32 * w):
                 continue  # COMPACT holds M x CHUNK of x in registers (``_fits_registers``)
             out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": chunk // bk, "USE_DOT": 1,
-                        "COMPACT": compact, "num_warps": w, "num_stages": 3})  # fmt: skip
+                        "COMPACT": compact, "num_warps": w, "num_stages": st})  # fmt: skip
     else:
         for (bn, bk, w), chunk in itertools.product(WIDE_TILES, (32, 64, 128, 256, 512)):
             if chunk >= bk:
@@ -87,6 +88,11 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", default=None, help="JSON list of [BLOCK_N, BLOCK_K, num_warps]: "
                    "the dot tiles to time instead of DOT_TILES")  # fmt: skip
     p.add_argument("--chunks", default=None, help="JSON list of chunk lengths (channels)")
+    p.add_argument("--stages", default="[3]", help="JSON list of num_stages (dot path)")
+    p.add_argument("--compact", default="[0, 1]", help="JSON list of COMPACT values")
+    p.add_argument("--kernel-file", default=None,
+                   help="a modified copy of triton_sparse_gemv.py: every config is timed with "
+                   "it too (rows say which: impl base / variant)")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=1e9, help="stop timing new configs after")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/config_sweep.json"))
     args = p.parse_args(argv)
@@ -95,10 +101,11 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     import triton
     from gemv_bytes import masked_reference
+    from kernel_sass import load_kernel_module
     from timing import copy_bandwidth_Bps
 
+    from was_compile.kernels import triton_sparse_gemv as base
     from was_compile.kernels.graph_timing import copies_for, events_ms, l2_bytes, sequence_ms
-    from was_compile.kernels.triton_sparse_gemv import reserve_workspace_for, sparse_gemv
     from was_compile.kernels.tuning import make_activations, make_weight_t
 
     dev = torch.device("cuda")
@@ -109,7 +116,12 @@ def main(argv=None) -> int:
     grid_args = (
         [tuple(t) for t in json.loads(args.tiles)] if args.tiles else DOT_TILES,
         json.loads(args.chunks) if args.chunks else CHUNKS,
+        json.loads(args.stages),
+        json.loads(args.compact),
     )
+    impls = {"base": base}
+    if args.kernel_file:
+        impls["variant"] = load_kernel_module(Path(args.kernel_file))
     rows = []
     for case in args.cases:
         shape, sp, m = case.split(":")
@@ -120,7 +132,8 @@ def main(argv=None) -> int:
         copies = copies_for(k * n * 2, l2_bytes(dev))
         w_ts = [make_weight_t(n, k, torch.bfloat16, dev, seed=n + k + i) for i in range(copies)]
         bias = torch.randn(n, device=dev, dtype=torch.bfloat16) if has_bias else None
-        reserve_workspace_for(w_ts[0], ends)
+        for mod in impls.values():
+            mod.reserve_workspace_for(w_ts[0], ends)
         ws = [w.t().contiguous() for w in w_ts]
         cublas_us = sequence_ms([functools.partial(F.linear, x, w, bias) for w in ws]) * 1e3
         del ws
@@ -134,37 +147,47 @@ def main(argv=None) -> int:
         cands = [("kernels.json", tuned)] if tuned else []
         cands += [("grid", c) for c in grid(k, m, *grid_args)]
         timed = []
-        for source, cfg in cands:
+        for (source, cfg), (impl, mod) in itertools.product(cands, impls.items()):
             if time.time() - t0 > args.budget_s:
                 print("budget reached: remaining configs not timed", flush=True)
                 break
-            call = functools.partial(sparse_gemv, x, w_ts[0], thr, ends, bias, config=cfg)
             try:
-                y = call()
+                y = mod.sparse_gemv(x, w_ts[0], thr, ends, bias, config=cfg)
                 err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
-                us = sequence_ms([functools.partial(sparse_gemv, x, w, thr, ends, bias,
+                us = sequence_ms([functools.partial(mod.sparse_gemv, x, w, thr, ends, bias,
                                                     config=cfg) for w in w_ts]) * 1e3  # fmt: skip
             except Exception as e:  # a config Triton cannot compile for this shape
-                print(f"  {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                print(f"  {impl} {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                 continue
             row = {"model": args.model, "shape": shape, "M": m, "sparsity": sp,
-                   "union_kept": union, "source": source, "config": cfg, "us": us,
-                   "cublas_us": cublas_us, "limit_us": limit_us,
+                   "union_kept": union, "source": source, "impl": impl, "config": cfg,
+                   "us": us, "cublas_us": cublas_us, "limit_us": limit_us,
                    "speedup_vs_cublas": cublas_us / us, "max_rel_err": err}  # fmt: skip
             rows.append(row)
             if err <= MAX_REL_ERR:
                 timed.append(row)
             else:
-                print(f"  WRONG {cfg}: rel err {err:.2e}", flush=True)
+                print(f"  WRONG {impl} {cfg}: rel err {err:.2e}", flush=True)
             if source == "kernels.json":
-                print(f"  kernels.json config: {us:.2f} us ({cublas_us / us:.3f}x)", flush=True)
+                print(f"  kernels.json config, {impl}: {us:.2f} us ({cublas_us / us:.3f}x)",
+                      flush=True)  # fmt: skip
         timed.sort(key=lambda r: r["us"])
         for r in timed[: args.top]:
             c = r["config"]
             print(f"  {r['us']:7.2f} us {r['speedup_vs_cublas']:6.3f}x  {c['BLOCK_N']}x"
-                  f"{c['BLOCK_K']}x{c['K_ITERS']} w{c['num_warps']} compact={c['COMPACT']}"
-                  f" splits={-(-k // (c['BLOCK_K'] * c['K_ITERS']))} ({r['source']})",
-                  flush=True)  # fmt: skip
+                  f"{c['BLOCK_K']}x{c['K_ITERS']} w{c['num_warps']} s{c['num_stages']} "
+                  f"compact={c['COMPACT']} splits={-(-k // (c['BLOCK_K'] * c['K_ITERS']))} "
+                  f"({r['source']}, {r['impl']})", flush=True)  # fmt: skip
+        if len(impls) > 1:  # same config, variant / base
+            by = {(json.dumps(r["config"], sort_keys=True), r["impl"]): r["us"] for r in timed}
+            ratios = sorted(v / by[(c, "base")] for (c, i), v in by.items()
+                            if i == "variant" and (c, "base") in by)  # fmt: skip
+            if ratios:
+                best = {i: min(r["us"] for r in timed if r["impl"] == i) for i in impls}
+                best_s = ", ".join(f"{i} {v:.2f} us" for i, v in best.items())
+                print(f"  variant / base, same config: median {statistics.median(ratios):.3f}, "
+                      f"min {ratios[0]:.3f}, max {ratios[-1]:.3f} over {len(ratios)}; best "
+                      f"{best_s}", flush=True)  # fmt: skip
         del w_ts
         torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,

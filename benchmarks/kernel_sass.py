@@ -81,8 +81,9 @@ def load_kernel_module(kernel_file: Path | None):
     pkg = tmp / "sass_variant"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for sibling in ("autotune_configs.py", "fma_wide.py", "gemv_rows.py", "splitk.py"):
-        shutil.copy(ROOT / "was_compile" / "kernels" / sibling, pkg)
+    for sibling in (ROOT / "was_compile" / "kernels").glob("*.py"):  # its relative imports
+        if sibling.name != "__init__.py":
+            shutil.copy(sibling, pkg)
     shutil.copy(kernel_file, pkg / "triton_sparse_gemv.py")
     sys.path.insert(0, str(tmp))
     spec = importlib.util.spec_from_file_location(
