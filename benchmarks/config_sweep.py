@@ -51,8 +51,11 @@ CHUNKS = (64, 128, 256, 512, 1024, 2048, 4096)
 MAX_REL_ERR = 2e-2
 
 
-def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(0, 1)) -> list:
-    """The configs timed for K channels and M rows (dot path for M >= 5, else wide tiles)."""
+def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(0, 1),
+         k_iters=None, caps=(0,)) -> list:  # fmt: skip
+    """The configs timed for K channels and M rows (dot path for M >= 5, else wide tiles):
+    ``k_iters`` (wide tiles) replaces the chunk list by steps per CTA; ``caps``: register caps
+    (0: none)."""
     out = []
     if m >= 5:
         for (bn, bk, w), chunk, st, compact in itertools.product(tiles, chunks, stages, compacts):
@@ -61,11 +64,13 @@ def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(
             out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": chunk // bk, "USE_DOT": 1,
                         "COMPACT": compact, "num_warps": w, "num_stages": st})  # fmt: skip
     else:
-        for (bn, bk, w), chunk in itertools.product(WIDE_TILES, (32, 64, 128, 256, 512)):
-            if chunk >= bk:
-                out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": chunk // bk, "USE_DOT": 0,
+        wide_tiles = WIDE_TILES if tiles is DOT_TILES else tiles
+        for (bn, bk, w), n in itertools.product(wide_tiles, k_iters or (32, 64, 128, 256, 512)):
+            iters = n if k_iters else n // bk
+            if iters >= 1:
+                out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": iters, "USE_DOT": 0,
                             "COMPACT": 0, "WIDE": 1, "num_warps": w, "num_stages": 1})  # fmt: skip
-    return out
+    return [{**c, "maxnreg": cap} if cap else c for c in out for cap in caps]
 
 
 def kernels_json_config(model: str, shape: str, sparsity: float, m: int) -> dict | None:
@@ -89,6 +94,9 @@ def main(argv=None) -> int:
                    "the dot tiles to time instead of DOT_TILES")  # fmt: skip
     p.add_argument("--chunks", default=None, help="JSON list of chunk lengths (channels)")
     p.add_argument("--stages", default="[3]", help="JSON list of num_stages (dot path)")
+    p.add_argument("--k-iters", default=None, help="JSON list of K_ITERS (wide tiles, M <= 4), "
+                   "instead of chunk lengths")  # fmt: skip
+    p.add_argument("--caps", default="[0]", help="JSON list of register caps (0: none)")
     p.add_argument("--compact", default="[0, 1]", help="JSON list of COMPACT values")
     p.add_argument("--kernel-file", default=None,
                    help="a modified copy of triton_sparse_gemv.py: every config is timed with "
@@ -118,6 +126,8 @@ def main(argv=None) -> int:
         json.loads(args.chunks) if args.chunks else CHUNKS,
         json.loads(args.stages),
         json.loads(args.compact),
+        json.loads(args.k_iters) if args.k_iters else None,
+        json.loads(args.caps),
     )
     impls = {"base": base}
     if args.kernel_file:
