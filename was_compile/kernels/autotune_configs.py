@@ -48,8 +48,9 @@ tuning key and family (few K splits; with the atomic reduction also many: ``_pru
 round robin over the masked, compacting and wide variants, most promising tiles first, and at
 M >= 5 adds every masked dot tile's second split count and the 2-warp dot tiles, so
 first-call tuning of one key costs <= 12 compiles at M = 1, <= 24 at M = 2-4 and <= 36 at
-M >= 5 (cached across keys and processes by Triton) + as many short timings. The ranking counts warps, not
-CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles alike) is the target.
+M >= 5 (cached across keys and processes by Triton) + as many short timings. The ranking
+counts warps, not CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles
+alike) is the target.
 The candidates are timed, and the choice cached on disk, by ``gemv_tuner`` (decode's own
 protocol; ``triton.autotune`` ranked them differently); then the fastest three are timed again
 under register caps (``register_cap_variants``: at most 5 more compiles and timings a key).
