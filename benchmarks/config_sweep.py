@@ -52,12 +52,12 @@ MAX_REL_ERR = 2e-2
 
 
 def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(0, 1),
-         k_iters=None, caps=(0,)) -> list:  # fmt: skip
-    """The configs timed for K channels and M rows (dot path for M >= 5, else wide tiles):
-    ``k_iters`` (wide tiles) replaces the chunk list by steps per CTA; ``caps``: register caps
-    (0: none)."""
+         k_iters=None, caps=(0,), path: str | None = None) -> list:  # fmt: skip
+    """The configs timed for K channels and M rows: ``path`` "dot" or "wide" (default: dot for
+    M >= 5, else wide tiles); ``k_iters`` (wide tiles) replaces the chunk list by steps per
+    CTA; ``caps``: register caps (0: none)."""
     out = []
-    if m >= 5:
+    if (path or ("dot" if m >= 5 else "wide")) == "dot":
         for (bn, bk, w), chunk, st, compact in itertools.product(tiles, chunks, stages, compacts):
             if chunk < bk or chunk > 2 * k or (compact and m * chunk > 32 * 32 * w):
                 continue  # COMPACT holds M x CHUNK of x in registers (``_fits_registers``)
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--k-iters", default=None, help="JSON list of K_ITERS (wide tiles, M <= 4), "
                    "instead of chunk lengths")  # fmt: skip
     p.add_argument("--caps", default="[0]", help="JSON list of register caps (0: none)")
+    p.add_argument("--path", choices=["dot", "wide"], default=None,
+                   help="kernel path of the grid (default: dot at M >= 5, else wide)")  # fmt: skip
     p.add_argument("--compact", default="[0, 1]", help="JSON list of COMPACT values")
     p.add_argument("--kernel-file", default=None,
                    help="a modified copy of triton_sparse_gemv.py: every config is timed with "
@@ -128,6 +130,7 @@ def main(argv=None) -> int:
         json.loads(args.compact),
         json.loads(args.k_iters) if args.k_iters else None,
         json.loads(args.caps),
+        args.path,
     )
     impls = {"base": base}
     if args.kernel_file:

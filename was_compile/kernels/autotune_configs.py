@@ -46,9 +46,9 @@ memory bound, so every choice is about bytes in flight and coalescing, not FLOPs
 The full list has 186 entries; ``candidate_configs`` keeps at most ``MAX_CANDIDATES`` per
 tuning key and family (few K splits; with the atomic reduction also many: ``_prune_cached``),
 round robin over the masked, compacting and wide variants, most promising tiles first, and at
-M >= 5 adds every masked dot tile's second split count and the 2-warp dot tiles, so
-first-call tuning of one key costs <= 12 compiles at M = 1, <= 24 at M = 2-4 and <= 36 at
-M >= 5 (cached across keys and processes by Triton) + as many short timings. The ranking
+M >= 3 adds every masked dot tile's two best split counts and the 2-warp dot tiles, so
+first-call tuning of one key costs <= 12 compiles at M = 1, <= 24 at M = 2 and <= 40 at
+M >= 3 (cached across keys and processes by Triton) + as many short timings. The ranking
 counts warps, not CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-warp tiles
 alike) is the target.
 The candidates are timed, and the choice cached on disk, by ``gemv_tuner`` (decode's own
@@ -107,11 +107,12 @@ _DOT_TILES = (
     (128, 32, 4),
     (128, 128, 8),
 )
-# 2-warp dot tiles, offered only to M buckets 8 and 16: on the H100 (benchmarks/config_sweep.py,
-# results/config_sweep/, M = 8 with 57% of the channels kept) 128x16 over 128-channel
-# chunks took Qwen2.5-7B q+k+v from 16.4 to 14.0 us and o from 12.6 to 11.4 (cuBLAS 14.6 /
-# 12.0), and 64x64 over 64-channel chunks Llama-3.2-1B q+k+v from 8.5 to 7.9 (cuBLAS 7.6)
-_DOT_TILES_M8 = (
+# 2-warp dot tiles, offered only to M buckets 4, 8 and 16: on the H100
+# (benchmarks/config_sweep.py, results/config_sweep/, M = 8 with 57% of the channels kept)
+# 128x16 over 128-channel chunks took Qwen2.5-7B q+k+v from 16.4 to 14.0 us and o from 12.6
+# to 11.4 (cuBLAS 14.6 / 12.0), and 64x64 over 64-channel chunks Llama-3.2-1B q+k+v from 8.5
+# to 7.9 (cuBLAS 7.6); at M = 4, 76% kept, 128x16 took Llama-3-8B o from 16.6 to 14.4 us
+_DOT_TILES_2WARP = (
     (128, 16, 2),
     (64, 64, 2),
 )
@@ -222,7 +223,7 @@ def _all_configs(interpret: bool) -> tuple:
             for chunk in _CHUNKS_K:
                 for stages in _FMA_STAGES:
                     out.append(_make(block_n, block_k, chunk, 0, compact, warps, stages))
-        for block_n, block_k, warps in _DOT_TILES + _DOT_TILES_M8:
+        for block_n, block_k, warps in _DOT_TILES + _DOT_TILES_2WARP:
             for chunk in _DOT_CHUNKS_K:
                 if chunk < block_k:
                     continue
@@ -284,7 +285,7 @@ def _runs_bucket(cfg, mb: int) -> bool:
     use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
     if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
         return False
-    if use_dot and cfg.num_warps < 4 and mb < 8:  # _DOT_TILES_M8
+    if use_dot and cfg.num_warps < 4 and mb < 4:  # _DOT_TILES_2WARP
         return False
     if mb == 1 and use_dot:
         return False
@@ -319,8 +320,8 @@ def _prune_cached(
     return few + tuple(c for c in many if c not in few)
 
 
-def _m8_tile(cfg) -> bool:
-    """One of ``_DOT_TILES_M8`` (dot tiles of fewer than 4 warps)."""
+def _two_warp_dot(cfg) -> bool:
+    """One of ``_DOT_TILES_2WARP`` (dot tiles of fewer than 4 warps)."""
     return bool(cfg.kwargs["USE_DOT"]) and cfg.num_warps < 4
 
 
@@ -388,7 +389,7 @@ def _ranked(configs: tuple, segment_ends: tuple, k: int, mb: int, sb: int, elem:
         return (min(runnable, key=lambda c: c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"]),)
     scored.sort(key=lambda t: t[:3])
     # (the 2-warp dot tiles only join at the end, so they take no place from the others)
-    merged, by_variant = _round_robin([t for t in scored if not _m8_tile(t[4])])
+    merged, by_variant = _round_robin([t for t in scored if not _two_warp_dot(t[4])])
     # ... but every variant keeps its best MIN_PER_VARIANT: on small shapes at M = 2-8 the
     # 1-warp wide CTAs launch fewer than 4 warps per SM and would all rank behind the dot
     # path's 4-warp tiles, never to be timed (they beat the dot path at M = 1-2).
@@ -397,11 +398,13 @@ def _ranked(configs: tuple, segment_ends: tuple, k: int, mb: int, sb: int, elem:
         picked += [t for t in merged if t in lst[:MIN_PER_VARIANT]]
     picked += [t for t in merged if t not in picked]
     picked = sorted(picked[:MAX_CANDIDATES], key=merged.index)
-    if many_splits and mb >= 8:
-        # the dot path at M >= 5: time went up to 2x from one split count to the next on the
+    if many_splits and mb >= 4:
+        # the dot path at M >= 3: time went up to 2x from one split count to the next on the
         # same tile (config_sweep/qwen_m8.json: Qwen2.5-7B q+k+v, 128x32 tiles, 14.4 us over
         # 256-channel chunks, 18.7 over 128), and the winner was often a tile's second choice
-        # by CTA count: every masked tile's two best split counts are timed too
+        # by CTA count or a masked tile the round robin had left out (M = 4, 76% kept,
+        # Llama-3-8B gate+up: 128x32 over 1024-channel chunks 66.8 us, the tuned pick 85.2):
+        # every masked dot tile's two best split counts are timed too
         done = {id(t[4]) for t in picked}
         picked += [t for t in _round_robin(scored)[0] if t[1] < 2 and id(t[4]) not in done
                    and not t[4].kwargs.get("COMPACT", 0)]  # fmt: skip
