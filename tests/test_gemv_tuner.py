@@ -185,3 +185,32 @@ def test_occupancy_step_cap():
     assert register_cap_variants(dot, None) == []
     assert [c["maxnreg"] for c in register_cap_variants(CANDS[0], 96)] == [96, 128, 88]
     assert [c["maxnreg"] for c in register_cap_variants(CANDS[0], 64)] == [96, 128]
+
+
+def test_fixed_caps_go_to_the_fastest_wide_config():
+    """The tuner's refinement: each of the CAPPED_CONFIGS fastest gets its occupancy-step cap,
+    and REGISTER_CAPS go to the fastest wide config among them even when a dot config won (on
+    the H100 a dot pick had cost a wide config its 128-register variant, 24% faster)."""
+    from was_compile.kernels.autotune_configs import (
+        CAPPED_CONFIGS,
+        REGISTER_CAPS,
+        refinement_variants,
+    )
+
+    wide = {"BLOCK_N": 256, "BLOCK_K": 8, "K_ITERS": 32, "WIDE": 1, "num_warps": 1}
+    wide2 = {**wide, "K_ITERS": 16}
+    dot = {**CANDS[2]}  # 4 warps
+    regs = {id(dot): 78, id(wide): 96, id(wide2): 64}
+
+    def caps_of(variants, base):
+        same = [v for v in variants if {**v, "maxnreg": 0} == {**base, "maxnreg": 0}]
+        return [v["maxnreg"] for v in same]
+
+    out = refinement_variants([dot, wide, wide2], lambda c: regs[id(c)])
+    assert caps_of(out, dot) == [72]  # occupancy step only: 6 -> 7 CTAs per SM
+    assert caps_of(out, wide) == [*REGISTER_CAPS, 88]  # the first wide one: fixed caps too
+    assert caps_of(out, wide2) == []  # 64 registers: the CTA limit binds, not the first wide
+    out = refinement_variants([wide2, wide, dot], lambda c: regs[id(c)])
+    assert caps_of(out, wide2) == list(REGISTER_CAPS) and caps_of(out, wide) == [88]
+    many = [dict(dot, K_ITERS=i) for i in range(1, 6)]
+    assert len(refinement_variants(many, lambda c: 78)) == CAPPED_CONFIGS  # only the first 3

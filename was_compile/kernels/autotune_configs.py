@@ -53,7 +53,7 @@ counts warps, not CTAs: about 24 warps launched per SM (1-warp wide CTAs and 4-w
 alike) is the target.
 The candidates are timed, and the choice cached on disk, by ``gemv_tuner`` (decode's own
 protocol; ``triton.autotune`` ranked them differently); then the fastest three are timed again
-under register caps (``register_cap_variants``: at most 5 more compiles and timings a key).
+under register caps (``refinement_variants``: at most 5 more compiles and timings a key).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 
 import triton
 
@@ -147,8 +148,8 @@ REGISTER_CAPS = (96, 128)
 # registers are granted per warp in blocks of 256 (8 a thread).
 SM_REGISTERS = 65536
 SM_MAX_CTAS = 32
-# How many of the fastest timed configs get the occupancy-step cap (the fastest also gets
-# REGISTER_CAPS): on Llama-3-8B down at M = 8, 50%, the config that ran 45.6 us before the
+# How many of the fastest timed configs get the occupancy-step cap (the fastest wide one among
+# them also REGISTER_CAPS; ``refinement_variants``): on Llama-3-8B down at M = 8, 50%, the config that ran 45.6 us before the
 # extra arguments ranked second uncapped, so refining the fastest alone missed it.
 CAPPED_CONFIGS = 3
 
@@ -450,3 +451,18 @@ def register_cap_variants(config: dict, n_regs: int | None = None,
     if step is not None and step not in caps:
         caps.append(step)
     return [{**config, "maxnreg": cap} for cap in caps]
+
+
+def refinement_variants(ranked: list[dict], n_regs: Callable[[dict], int | None]) -> list[dict]:
+    """The capped variants the tuner times after its candidates (``ranked``: the timed
+    configs, fastest first; ``n_regs(config)``: its compiled register count): each of the
+    ``CAPPED_CONFIGS`` fastest under its occupancy-step cap, and the fastest wide config among
+    them also under ``REGISTER_CAPS``. (The fixed caps once went to the fastest config only:
+    when a dot config won, the wide config whose 128-register variant had run Llama-3-8B
+    gate+up at M = 4, 90% in 42.3 us was timed only under its occupancy cap, 52.6 us.)"""
+    top = ranked[:CAPPED_CONFIGS]
+    first_wide = next((i for i, c in enumerate(top) if c.get("WIDE", 0)), None)
+    out: list[dict] = []
+    for i, c in enumerate(top):
+        out += register_cap_variants(c, n_regs(c), fixed_caps=i == first_wide)
+    return out

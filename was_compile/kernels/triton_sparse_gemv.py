@@ -56,7 +56,6 @@ import triton
 import triton.language as tl
 
 from .autotune_configs import (
-    CAPPED_CONFIGS,
     MAX_M,
     MAX_SEGMENTS,
     autotune_enabled,
@@ -66,7 +65,7 @@ from .autotune_configs import (
     interpret_mode,
     m_bucket,
     num_k_splits,
-    register_cap_variants,
+    refinement_variants,
     sparsity_bucket,
 )
 from .fma_wide import _fma_tile_wide
@@ -377,14 +376,14 @@ def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, activatio
                                   reduction=reduction, activation=activation)
                 for w in copies]  # fmt: skip
 
+    def n_regs(c: dict) -> int | None:
+        calls_for(c)[0]()  # launched once: its compiled kernel's register count
+        return _LAST_REGISTERS[0]
+
     def cap_variants(ranked: list) -> list:
         # the first few, not only the fastest: a config that lost by a second wave may win
-        # with one CTA more per SM (each launched once: its register count decides its cap)
-        out = []
-        for i, c in enumerate(ranked[:CAPPED_CONFIGS]):
-            calls_for(c)[0]()
-            out += register_cap_variants(c, _LAST_REGISTERS[0], fixed_caps=i == 0)
-        return out
+        # with one CTA more per SM
+        return refinement_variants(ranked, n_regs)
 
     name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
     cfg = choose_config(name, candidates, sequence_timer(calls_for), cap_variants)
