@@ -149,8 +149,9 @@ REGISTER_CAPS = (96, 128)
 SM_REGISTERS = 65536
 SM_MAX_CTAS = 32
 # How many of the fastest timed configs get the occupancy-step cap (the fastest wide one among
-# them also REGISTER_CAPS; ``refinement_variants``): on Llama-3-8B down at M = 8, 50%, the config that ran 45.6 us before the
-# extra arguments ranked second uncapped, so refining the fastest alone missed it.
+# them also REGISTER_CAPS; ``refinement_variants``): on Llama-3-8B down at M = 8, 50%, the
+# config that ran 45.6 us before the extra arguments ranked second uncapped, so refining the
+# fastest alone missed it.
 CAPPED_CONFIGS = 3
 
 
@@ -281,7 +282,9 @@ def column_tiles(segment_ends: tuple, block_n: int) -> int:
 def _runs_bucket(cfg, mb: int) -> bool:
     """Whether a config may run M bucket mb: M >= 5 needs the dot path (BLOCK_K >= 16), M = 1
     the FMA paths, and of the FMA tiles M <= 2 runs only the wide ones (they won every M = 1,
-    2 shape on the H100, tile_probe*.json); and the FMA path's registers must fit."""
+    2 shape on the H100, tile_probe*.json); the 2-warp dot tiles run M >= 3 only (at M = 2
+    the dot path lost to the wide tiles by 16-25%, config_sweep/llama8b_m2_dot.json); and
+    the FMA path's registers must fit."""
     kw = cfg.kwargs
     use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
     if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
