@@ -6,7 +6,9 @@ and Llama-3.2-1B q+k+v and o, union of kept channels ~56%): there the tuner's pi
 into 32-64 chunks of one step each, and each CTA's time is one chain of round trips (x, mask,
 weight rows, mma, fp32 atomics, fence, ticket, the last CTA's read-back). The grid here adds
 narrow column tiles (16-32 columns) with few K splits (fewer atomics, longer loops), which the
-config space of ``autotune_configs`` does not hold.
+config space of ``autotune_configs`` does not hold. Since used for the M = 4 and M = 2 grids
+(``--path``), the M = 1 steps-per-CTA plateau (``--k-iters``, ``--caps``) and same-process A/B
+runs of a modified kernel (``--kernel-file``); kernel_notes sections 18-19.
 
 For each case it times cuBLAS, the config ``kernels.json`` holds for the same row (if any) and
 every config of the grid, all with kernels.py's sequence protocol in one process, each output
@@ -45,7 +47,7 @@ DOT_TILES = (
     (128, 32, 4),
     (256, 64, 8),
 )
-# wide FMA grid (M <= 4): (BLOCK_N, BLOCK_K, num_warps)
+# wide FMA grid (M <= 4): (BLOCK_N, BLOCK_K, num_warps); --tiles replaces either grid's tiles
 WIDE_TILES = ((256, 8, 1), (256, 16, 1), (256, 32, 1), (512, 16, 2))
 CHUNKS = (64, 128, 256, 512, 1024, 2048, 4096)
 MAX_REL_ERR = 2e-2
