@@ -1,0 +1,114 @@
+"""GPU probe: the M = 1 sparse GEMV without a split-K reduction across CTAs (kernel_notes
+section 20, ``benchmarks/kernel_variants/warpk_gluon.py``: one CTA per 256-column tile, its
+warps splitting K, summed in shared memory), beside cuBLAS and the package's kernel with the
+config ``kernels.json`` holds, in one process with kernels.py's sequence protocol.
+
+    python benchmarks/warpk_probe.py --cases gate_up:0.5 gate_up:0.7 --out /tmp/warpk.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from config_sweep import kernels_json_config  # noqa: E402
+from kernels import model_shapes  # noqa: E402
+
+VARIANT = ROOT / "benchmarks" / "kernel_variants" / "warpk_gluon.py"
+MAX_REL_ERR = 2e-2
+
+
+def load_variant():
+    spec = importlib.util.spec_from_file_location("warpk_gluon", VARIANT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="Llama-3-8B")
+    p.add_argument("--cases", nargs="+", required=True, help="SHAPE:SPARSITY (M = 1)")
+    p.add_argument("--shapes", default="[[32, 8], [16, 16], [16, 8], [32, 4]]",
+                   help="JSON list of [warps, BLOCK_K]")  # fmt: skip
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+    import triton
+    from gemv_bytes import masked_reference
+    from timing import copy_bandwidth_Bps
+
+    from was_compile.kernels import triton_sparse_gemv as base
+    from was_compile.kernels.graph_timing import copies_for, events_ms, l2_bytes, sequence_ms
+    from was_compile.kernels.tuning import make_activations, make_weight_t
+
+    wk = load_variant()
+    dev = torch.device("cuda")
+    t0 = time.time()
+    shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
+    copy_bw = copy_bandwidth_Bps(dev, lambda fn: events_ms(fn, reps=5, rounds=7))
+    print(f"copy {copy_bw / 1e12:.2f} TB/s", flush=True)
+    rows = []
+    for case in args.cases:
+        shape, sp = case.split(":")
+        sp = float(sp)
+        k, ends, _ = shapes[shape]
+        n = ends[-1]
+        x, thr = make_activations(1, k, sp, torch.bfloat16, dev, len(ends), seed=1)
+        copies = copies_for(k * n * 2, l2_bytes(dev))
+        w_ts = [make_weight_t(n, k, torch.bfloat16, dev, seed=n + k + i) for i in range(copies)]
+        base.reserve_workspace_for(w_ts[0], ends)
+        ws = [w.t().contiguous() for w in w_ts]
+        cublas_us = sequence_ms([functools.partial(F.linear, x, w) for w in ws]) * 1e3
+        del ws
+        ref, kept_bytes, union = masked_reference(x, thr, w_ts[0], ends)
+        limit_us = kept_bytes / copy_bw * 1e6
+        print(f"\n{args.model} {shape} M=1 {sp:.0%}: cuBLAS {cublas_us:.2f} us, limit "
+              f"{limit_us:.2f} us", flush=True)  # fmt: skip
+        impls = []
+        cfg = kernels_json_config(args.model, shape, sp, 1)
+        if cfg:
+            impls.append(("package " + json.dumps(cfg), functools.partial(base.sparse_gemv,
+                                                                           config=cfg)))
+        for warps, bk in json.loads(args.shapes):
+            impls.append((f"warpk W={warps} BLOCK_K={bk}",
+                          functools.partial(wk.warpk_gemv, warps=warps, block_k=bk)))
+        for name, fn in impls:
+            try:
+                y = fn(x, w_ts[0], thr, ends)
+                err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+                us = sequence_ms([functools.partial(fn, x, w, thr, ends) for w in w_ts]) * 1e3
+            except Exception as e:  # a shape the variant does not take, a compile failure
+                print(f"  {name}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                continue
+            flag = "" if err <= MAX_REL_ERR else "  WRONG"
+            print(f"  {us:7.2f} us {cublas_us / us:6.3f}x  {limit_us / us:5.1%} of limit  "
+                  f"err {err:.1e}  {name}{flag}", flush=True)  # fmt: skip
+            rows.append({"model": args.model, "shape": shape, "M": 1, "sparsity": sp,
+                         "union_kept": union, "impl": name, "us": us, "cublas_us": cublas_us,
+                         "limit_us": limit_us, "speedup_vs_cublas": cublas_us / us,
+                         "max_rel_err": err})  # fmt: skip
+        del w_ts
+        torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
+            "command": " ".join(sys.argv), "elapsed_s": time.time() - t0,
+            "timing": "sequence protocol (kernels.py), bf16"}  # fmt: skip
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
