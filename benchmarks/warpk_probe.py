@@ -1,7 +1,9 @@
-"""GPU probe: the M = 1 sparse GEMV without a split-K reduction across CTAs (kernel_notes
-section 20, ``benchmarks/kernel_variants/warpk_gluon.py``: one CTA per 256-column tile, its
-warps splitting K, summed in shared memory), beside cuBLAS and the package's kernel with the
-config ``kernels.json`` holds, in one process with kernels.py's sequence protocol.
+"""GPU probe: M = 1 sparse GEMVs in Gluon whose split-K sum avoids L2 atomics (kernel_notes
+sections 20-21): ``kernel_variants/warpk_gluon.py`` (one CTA per 256-column tile, its warps
+splitting K, summed in shared memory) and ``kernel_variants/cluster_gluon.py`` (a cluster of
+CTAs per tile, summed in CTA 0's shared memory through distributed shared memory), beside
+cuBLAS and the package's kernel with the config ``kernels.json`` holds, in one process with
+kernels.py's sequence protocol.
 
     python benchmarks/warpk_probe.py --cases gate_up:0.5 gate_up:0.7 --out /tmp/warpk.json
 """
@@ -23,12 +25,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from config_sweep import kernels_json_config  # noqa: E402
 from kernels import model_shapes  # noqa: E402
 
-VARIANT = ROOT / "benchmarks" / "kernel_variants" / "warpk_gluon.py"
+VARIANTS = ROOT / "benchmarks" / "kernel_variants"
 MAX_REL_ERR = 2e-2
 
 
-def load_variant():
-    spec = importlib.util.spec_from_file_location("warpk_gluon", VARIANT)
+def load_variant(name: str):
+    spec = importlib.util.spec_from_file_location(name, VARIANTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -39,7 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="Llama-3-8B")
     p.add_argument("--cases", nargs="+", required=True, help="SHAPE:SPARSITY (M = 1)")
     p.add_argument("--shapes", default="[[32, 8], [16, 16], [16, 8], [32, 4]]",
-                   help="JSON list of [warps, BLOCK_K]")  # fmt: skip
+                   help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
+    p.add_argument("--cluster", default="[]",
+                   help="cluster: JSON list of [CTAs a cluster, warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -53,7 +57,8 @@ def main(argv=None) -> int:
     from was_compile.kernels.graph_timing import copies_for, events_ms, l2_bytes, sequence_ms
     from was_compile.kernels.tuning import make_activations, make_weight_t
 
-    wk = load_variant()
+    wk = load_variant("warpk_gluon")
+    cl = load_variant("cluster_gluon")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
@@ -79,11 +84,23 @@ def main(argv=None) -> int:
         impls = []
         cfg = kernels_json_config(args.model, shape, sp, 1)
         if cfg:
-            impls.append(("package " + json.dumps(cfg), functools.partial(base.sparse_gemv,
-                                                                           config=cfg)))
+            impls.append(
+                ("package " + json.dumps(cfg), functools.partial(base.sparse_gemv, config=cfg))
+            )
         for warps, bk in json.loads(args.shapes):
-            impls.append((f"warpk W={warps} BLOCK_K={bk}",
-                          functools.partial(wk.warpk_gemv, warps=warps, block_k=bk)))
+            impls.append(
+                (
+                    f"warpk W={warps} BLOCK_K={bk}",
+                    functools.partial(wk.warpk_gemv, warps=warps, block_k=bk),
+                )
+            )
+        for ctas, warps, bk in json.loads(args.cluster):
+            impls.append(
+                (
+                    f"cluster C={ctas} W={warps} BLOCK_K={bk}",
+                    functools.partial(cl.cluster_gemv, ctas=ctas, warps=warps, block_k=bk),
+                )
+            )
         for name, fn in impls:
             try:
                 y = fn(x, w_ts[0], thr, ends)

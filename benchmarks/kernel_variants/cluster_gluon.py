@@ -1,0 +1,161 @@
+"""Kernel variant (kernel_notes section 21): the M = 1 sparse GEMV whose split-K sum stays
+inside a thread-block cluster, through distributed shared memory, written in Gluon.
+
+One cluster of C CTAs (``num_ctas = C``: Triton launches C x tiles CTAs with a cluster
+dimension of C, and ``program_id`` is the cluster's index) per 256-column tile; the C CTAs
+and their W warps split the tile's K rows, C x W ways (warp w of CTA r reads rows
+[(r W + w) K / (C W), ...)); every lane owns 8 contiguous columns of each row (16-byte
+loads), as in ``warpk_gluon.py``. At the end every thread adds its 8 partial sums into a
+256-float buffer in the shared memory of the cluster's CTA 0 (``red.shared::cluster``), the
+cluster barrier orders the adds, and CTA 0 reads the buffer and writes y. So the L2 sees no
+atomics, no ticket and no read-back: one hop over the SM-to-SM network and a cluster barrier.
+
+Gluon gives no handle on distributed shared memory in Triton 3.6, so the cluster part is
+inline PTX: the buffer is Gluon's only shared-memory allocation (offset 0 of
+``global_smem``), zeroed and read back through PTX in the same ``asm`` blocks as the cluster
+barriers, so nothing can move across them. Probe code (``benchmarks/warpk_probe.py``):
+M = 1, up to 3 segments whose ends are multiples of 256, K a multiple of C x W x BLOCK_K,
+C in {2, 4, 8, 16}. Gluon kernels do not run in the interpreter.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+
+@gluon.constexpr_function
+def _tile_layout(ctas, warps, block_k):
+    """[W, BLOCK_K, 256]: warp w holds its rows of the step, a lane 8 contiguous columns;
+    replicated across the cluster (every CTA holds the whole tensor, nothing is split)."""
+    cga = [[0, 0, 0] for _ in range(int(ctas).bit_length() - 1)]
+    return gl.BlockedLayout([1, int(block_k), 8], [1, 1, 32], [int(warps), 1, 1], [2, 1, 0], cga)
+
+
+@gluon.constexpr_function
+def _vector_layout(ctas, warps):
+    cga = [[0] for _ in range(int(ctas).bit_length() - 1)]
+    return gl.BlockedLayout([1], [32], [int(warps)], [0], cga)
+
+
+@gluon.constexpr_function
+def _buffer_layout(ctas):
+    return gl.SwizzledSharedLayout(1, 1, 1, [0], [[0] for _ in range(int(ctas).bit_length() - 1)])
+
+
+# per thread: zero its 8 floats of the buffer, then arrive (phase 0, release)
+_ZERO_ARRIVE = gl.constexpr("""{
+.reg .u32 a;
+mov.u32 a, global_smem;
+add.u32 a, a, $8;
+st.shared.v4.f32 [a], {0f00000000, 0f00000000, 0f00000000, 0f00000000};
+st.shared.v4.f32 [a+16], {0f00000000, 0f00000000, 0f00000000, 0f00000000};
+barrier.cluster.arrive.release.aligned;
+mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; mov.u32 $3, 0;
+mov.u32 $4, 0; mov.u32 $5, 0; mov.u32 $6, 0; mov.u32 $7, 0;
+}""")
+_ZERO_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
+
+# per thread: wait for phase 0 (CTA 0's zeros), add its 8 sums into CTA 0's buffer, arrive and
+# wait for phase 1 (every add done), read its 8 floats of the local buffer (CTA 0's: the sums)
+_REDUCE = gl.constexpr("""{
+.reg .u32 a, r;
+mov.u32 a, global_smem;
+add.u32 a, a, $16;
+barrier.cluster.wait.acquire.aligned;
+mapa.shared::cluster.u32 r, a, 0;
+red.shared::cluster.add.f32 [r], $8;
+red.shared::cluster.add.f32 [r+4], $9;
+red.shared::cluster.add.f32 [r+8], $10;
+red.shared::cluster.add.f32 [r+12], $11;
+red.shared::cluster.add.f32 [r+16], $12;
+red.shared::cluster.add.f32 [r+20], $13;
+red.shared::cluster.add.f32 [r+24], $14;
+red.shared::cluster.add.f32 [r+28], $15;
+barrier.cluster.arrive.release.aligned;
+barrier.cluster.wait.acquire.aligned;
+ld.shared.v4.f32 {$0, $1, $2, $3}, [a];
+ld.shared.v4.f32 {$4, $5, $6, $7}, [a+16];
+}""")
+_REDUCE_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 8))
+
+
+@gluon.jit
+def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
+                         C: gl.constexpr, W: gl.constexpr, BLOCK_K: gl.constexpr,
+                         STEPS: gl.constexpr):  # fmt: skip
+    """y[n0:n0 + 256] for the cluster's column tile; thresholds row 0 for columns < E0, 1 for
+    [E0, E1), 2 after."""
+    L3: gl.constexpr = _tile_layout(C, W, BLOCK_K)
+    LX: gl.constexpr = gl.SliceLayout(2, L3)  # [W, BLOCK_K]
+    LACC: gl.constexpr = gl.SliceLayout(1, L3)  # [W, 256]: 8 contiguous columns a lane
+    LN: gl.constexpr = gl.SliceLayout(0, LACC)
+    LWARP: gl.constexpr = gl.SliceLayout(1, LACC)
+    # the buffer (Gluon's only shared memory, at offset 0 of global_smem), zeroed here too
+    # so that Gluon allocates it; the asm blocks address it through global_smem
+    buf = gl.allocate_shared_memory(
+        gl.float32, [256], _buffer_layout(C), gl.zeros([256], gl.float32, _vector_layout(C, W))
+    )
+
+    n0 = gl.program_id(0) * 256
+    seg = (n0 >= E0).to(gl.int32) + (n0 >= E1).to(gl.int32)
+    thr_row = thr_ptr + seg * stride_thr
+    col = gl.arange(0, 256, layout=LN)
+    lanes = gl.zeros([W, 256], gl.int32, LACC) + gl.expand_dims(col, 0)  # [W, 256]
+    # every thread: 8 columns starting at a multiple of 8; the asm takes the first's byte offset
+    dummy = gl.inline_asm_elementwise(_ZERO_ARRIVE, _ZERO_CONSTRAINTS, [lanes * 4], dtype=gl.int32,
+                                      is_pure=False, pack=8)  # fmt: skip
+    rank = gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r,r", [lanes],
+                                     dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
+    cols3 = gl.expand_dims(gl.expand_dims(n0 + col, 0), 1)
+    warp = gl.arange(0, W, layout=gl.SliceLayout(1, LX))
+    rank_x = gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r,r", [warp],
+                                       dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
+    j = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LX))
+    first = (rank_x * W + warp) * (STEPS * BLOCK_K)
+    rows = gl.expand_dims(first, 1) + gl.expand_dims(j, 0)  # [W, BLOCK_K]
+
+    xv = gl.load(x_ptr + rows).to(gl.float32)
+    tv = gl.load(thr_row + rows)
+    kept = gl.abs(xv) > tv
+    xv = gl.where(kept, xv, 0.0)
+    acc = gl.zeros([W, 256], gl.float32, LACC)
+    for _ in range(STEPS):
+        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=gl.expand_dims(kept, 2),
+                    other=0.0, eviction_policy="evict_first")  # fmt: skip
+        rows += BLOCK_K
+        nxt = rows < K
+        xn = gl.load(x_ptr + rows, mask=nxt, other=0.0).to(gl.float32)
+        tn = gl.load(thr_row + rows, mask=nxt, other=float("inf"))
+        acc += gl.sum(gl.expand_dims(xv, 2) * w.to(gl.float32), axis=1)
+        kept = gl.abs(xn) > tn
+        xv = gl.where(kept, xn, 0.0)
+    acc = acc + dummy.to(gl.float32)  # orders the zeroing asm before the reduction asm
+    total = gl.inline_asm_elementwise(_REDUCE, _REDUCE_CONSTRAINTS, [acc, lanes * 4],
+                                      dtype=gl.float32, is_pure=False, pack=8)  # fmt: skip
+    leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank == 0)
+    gl.store(y_ptr + gl.expand_dims(n0 + col, 0) + lanes * 0,
+             total.to(y_ptr.dtype.element_ty), mask=leader)  # fmt: skip
+    buf._keep_alive()
+
+
+def cluster_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor,
+                 segment_ends, ctas: int = 8, warps: int = 4,
+                 block_k: int = 8) -> torch.Tensor:  # fmt: skip
+    """y [1, N] = where(|x| > thresholds[seg], x, 0) @ weight_t; see the module docstring."""
+    k, n = weight_t.shape
+    ends = tuple(segment_ends)
+    if (x.shape[0] != 1 or len(ends) > 3 or any(e % 256 for e in ends)
+            or k % (ctas * warps * block_k) or ctas not in (2, 4, 8, 16)):  # fmt: skip
+        raise ValueError("cluster_gemv: M = 1, at most 3 segments of multiples of 256, K a "
+                         f"multiple of {ctas * warps * block_k}, 2-16 CTAs a cluster")  # fmt: skip
+    e = list(ends) + [n] * (3 - len(ends))
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    thr = thresholds.contiguous()
+    _cluster_gemv_kernel[(n // 256,)](
+        x, weight_t, thr, y, n, k, e[0], e[1], thr.stride(0) if thr.shape[0] > 1 else 0,
+        C=ctas, W=warps, BLOCK_K=block_k, STEPS=k // (ctas * warps * block_k),
+        num_warps=warps, num_ctas=ctas,
+    )  # fmt: skip
+    return y
