@@ -34,51 +34,62 @@ def _tile_layout(ctas, warps, block_k):
 
 
 @gluon.constexpr_function
-def _vector_layout(ctas, warps):
-    cga = [[0] for _ in range(int(ctas).bit_length() - 1)]
-    return gl.BlockedLayout([1], [32], [int(warps)], [0], cga)
+def _slots_layout(ctas, warps):
+    """[slots, 256] registers: a lane 8 columns of every slot row, warps over the slots."""
+    cga = [[0, 0] for _ in range(int(ctas).bit_length() - 1)]
+    return gl.BlockedLayout([1, 8], [1, 32], [int(warps), 1], [1, 0], cga)
 
 
 @gluon.constexpr_function
 def _buffer_layout(ctas):
-    return gl.SwizzledSharedLayout(1, 1, 1, [0], [[0] for _ in range(int(ctas).bit_length() - 1)])
+    cga = [[0, 0] for _ in range(int(ctas).bit_length() - 1)]
+    return gl.SwizzledSharedLayout(1, 1, 1, [1, 0], cga)
 
 
-# per thread: zero its 8 floats of the buffer, then arrive (phase 0, release)
-_ZERO_ARRIVE = gl.constexpr("""{
-.reg .u32 a;
-mov.u32 a, global_smem;
-add.u32 a, a, $8;
-st.shared.v4.f32 [a], {0f00000000, 0f00000000, 0f00000000, 0f00000000};
-st.shared.v4.f32 [a+16], {0f00000000, 0f00000000, 0f00000000, 0f00000000};
-barrier.cluster.arrive.release.aligned;
-mov.u32 $0, 0; mov.u32 $1, 0; mov.u32 $2, 0; mov.u32 $3, 0;
-mov.u32 $4, 0; mov.u32 $5, 0; mov.u32 $6, 0; mov.u32 $7, 0;
-}""")
-_ZERO_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
+# per thread: arrive (phase 0: every CTA of the cluster has started; nothing to order yet)
+# (one asm instance a thread: pack 8 over the thread's 8 columns)
+_ARRIVE = gl.constexpr(
+    "barrier.cluster.arrive.relaxed.aligned;\n" + "\n".join(f"mov.u32 ${i}, 0;" for i in range(8))
+)
+_ARRIVE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
 
-# per thread: wait for phase 0 (CTA 0's zeros), add its 8 sums into CTA 0's buffer, arrive and
-# wait for phase 1 (every add done), read its 8 floats of the local buffer (CTA 0's: the sums)
-_REDUCE = gl.constexpr("""{
-.reg .u32 a, r;
-mov.u32 a, global_smem;
-add.u32 a, a, $16;
-barrier.cluster.wait.acquire.aligned;
-mapa.shared::cluster.u32 r, a, 0;
-red.shared::cluster.add.f32 [r], $8;
-red.shared::cluster.add.f32 [r+4], $9;
-red.shared::cluster.add.f32 [r+8], $10;
-red.shared::cluster.add.f32 [r+12], $11;
-red.shared::cluster.add.f32 [r+16], $12;
-red.shared::cluster.add.f32 [r+20], $13;
-red.shared::cluster.add.f32 [r+24], $14;
-red.shared::cluster.add.f32 [r+28], $15;
-barrier.cluster.arrive.release.aligned;
-barrier.cluster.wait.acquire.aligned;
-ld.shared.v4.f32 {$0, $1, $2, $3}, [a];
-ld.shared.v4.f32 {$4, $5, $6, $7}, [a+16];
-}""")
-_REDUCE_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 8))
+
+@gluon.constexpr_function
+def _reduce_asm(slots):
+    """Per thread (8 columns): wait for phase 0, store its 8 partial sums into its slot of
+    CTA 0's buffer [slots, 256] (plain stores over the SM-to-SM network, no atomics), arrive
+    and wait for phase 1 (every slot written), then sum its 8 columns over the slots of the
+    local buffer, slot 0 first (on CTA 0: the tile's sums, in a fixed order).
+    Operands: $0-$7 sums out, $8-$15 partials, $16 the byte offset of the thread's first
+    column, $24 its slot (CTA rank x W + warp)."""
+    lines = [
+        "{",
+        ".reg .u32 a, r;",
+        ".reg .f32 t<8>;",
+        "mov.u32 a, global_smem;",
+        "add.u32 a, a, $16;",
+        "barrier.cluster.wait.aligned;",
+        "mad.lo.u32 r, $24, 1024, a;",
+        "mapa.shared::cluster.u32 r, r, 0;",
+        "st.shared::cluster.v4.f32 [r], {$8, $9, $10, $11};",
+        "st.shared::cluster.v4.f32 [r+16], {$12, $13, $14, $15};",
+        "barrier.cluster.arrive.release.aligned;",
+        "barrier.cluster.wait.acquire.aligned;",
+        "ld.shared.v4.f32 {$0, $1, $2, $3}, [a];",
+        "ld.shared.v4.f32 {$4, $5, $6, $7}, [a+16];",
+    ]
+    for slot in range(1, int(slots)):
+        off = slot * 1024
+        lines += [
+            f"ld.shared.v4.f32 {{t0, t1, t2, t3}}, [a+{off}];",
+            f"ld.shared.v4.f32 {{t4, t5, t6, t7}}, [a+{off + 16}];",
+        ]
+        lines += [f"add.f32 ${i}, ${i}, t{i};" for i in range(8)]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+_REDUCE_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 16))
 
 
 @gluon.jit
@@ -92,11 +103,12 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
     LACC: gl.constexpr = gl.SliceLayout(1, L3)  # [W, 256]: 8 contiguous columns a lane
     LN: gl.constexpr = gl.SliceLayout(0, LACC)
     LWARP: gl.constexpr = gl.SliceLayout(1, LACC)
-    # the buffer (Gluon's only shared memory, at offset 0 of global_smem), zeroed here too
-    # so that Gluon allocates it; the asm blocks address it through global_smem
+    # the slots (Gluon's only shared memory, at offset 0 of global_smem), zeroed here so that
+    # Gluon allocates them; the asm blocks address them through global_smem
     buf = gl.allocate_shared_memory(
-        gl.float32, [256], _buffer_layout(C), gl.zeros([256], gl.float32, _vector_layout(C, W))
-    )
+        gl.float32, [C * W, 256], _buffer_layout(C),
+        gl.zeros([C * W, 256], gl.float32, _slots_layout(C, W)),
+    )  # fmt: skip
 
     n0 = gl.program_id(0) * 256
     seg = (n0 >= E0).to(gl.int32) + (n0 >= E1).to(gl.int32)
@@ -104,7 +116,7 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
     col = gl.arange(0, 256, layout=LN)
     lanes = gl.zeros([W, 256], gl.int32, LACC) + gl.expand_dims(col, 0)  # [W, 256]
     # every thread: 8 columns starting at a multiple of 8; the asm takes the first's byte offset
-    dummy = gl.inline_asm_elementwise(_ZERO_ARRIVE, _ZERO_CONSTRAINTS, [lanes * 4], dtype=gl.int32,
+    dummy = gl.inline_asm_elementwise(_ARRIVE, _ARRIVE_CONSTRAINTS, [lanes], dtype=gl.int32,
                                       is_pure=False, pack=8)  # fmt: skip
     rank = gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r,r", [lanes],
                                      dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
@@ -131,9 +143,11 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
         acc += gl.sum(gl.expand_dims(xv, 2) * w.to(gl.float32), axis=1)
         kept = gl.abs(xn) > tn
         xv = gl.where(kept, xn, 0.0)
-    acc = acc + dummy.to(gl.float32)  # orders the zeroing asm before the reduction asm
-    total = gl.inline_asm_elementwise(_REDUCE, _REDUCE_CONSTRAINTS, [acc, lanes * 4],
-                                      dtype=gl.float32, is_pure=False, pack=8)  # fmt: skip
+    acc = acc + dummy.to(gl.float32)  # orders the arrive before the reduction asm
+    slot = rank * W + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)  # [W, 256]
+    total = gl.inline_asm_elementwise(_reduce_asm(C * W), _REDUCE_CONSTRAINTS,
+                                      [acc, lanes * 4, slot], dtype=gl.float32, is_pure=False,
+                                      pack=8)  # fmt: skip
     leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank == 0)
     gl.store(y_ptr + gl.expand_dims(n0 + col, 0) + lanes * 0,
              total.to(y_ptr.dtype.element_ty), mask=leader)  # fmt: skip
