@@ -41,6 +41,12 @@ def _slots_layout(ctas, warps):
 
 
 @gluon.constexpr_function
+def _rows(ctas, warps):
+    """Rows of the shared buffer: W warp rows, then C CTA rows (a power of 2)."""
+    return 1 << (int(ctas) + int(warps) - 1).bit_length()
+
+
+@gluon.constexpr_function
 def _buffer_layout(ctas):
     cga = [[0, 0] for _ in range(int(ctas).bit_length() - 1)]
     return gl.SwizzledSharedLayout(1, 1, 1, [1, 0], cga)
@@ -55,41 +61,60 @@ _ARRIVE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
 
 
 @gluon.constexpr_function
-def _reduce_asm(slots):
-    """Per thread (8 columns): wait for phase 0, store its 8 partial sums into its slot of
-    CTA 0's buffer [slots, 256] (plain stores over the SM-to-SM network, no atomics), arrive
-    and wait for phase 1 (every slot written), then sum its 8 columns over the slots of the
-    local buffer, slot 0 first (on CTA 0: the tile's sums, in a fixed order).
+def _reduce_asm(ctas, warps):
+    """Per thread (8 columns), in shared memory [warps + ctas, 256] fp32: store its 8 partial
+    sums in its warp's row; CTA barrier; sum the warp rows (fixed order); wait for cluster
+    phase 0; warp 0 stores the CTA's sums into row warps + rank of CTA 0 (plain stores over
+    the SM-to-SM network); arrive and wait for phase 1 (every CTA's row written); sum rows
+    warps .. warps + ctas - 1 of the local buffer, in order (on CTA 0: the tile's sums).
     Operands: $0-$7 sums out, $8-$15 partials, $16 the byte offset of the thread's first
-    column, $24 its slot (CTA rank x W + warp)."""
+    column, $24 its warp, $32 its CTA rank."""
+    ctas, warps = int(ctas), int(warps)
+
+    def add_rows(first: int, count: int, into: str) -> list:
+        out = []
+        for row in range(first, first + count):
+            off = row * 1024
+            dst = into if row == first else "t"
+            out += [
+                f"ld.shared.v4.f32 {{{dst}0, {dst}1, {dst}2, {dst}3}}, [a+{off}];",
+                f"ld.shared.v4.f32 {{{dst}4, {dst}5, {dst}6, {dst}7}}, [a+{off + 16}];",
+            ]
+            if row != first:
+                out += [f"add.f32 {into}{i}, {into}{i}, t{i};" for i in range(8)]
+        return out
+
     lines = [
         "{",
         ".reg .u32 a, r;",
-        ".reg .f32 t<8>;",
+        ".reg .pred q;",
+        ".reg .f32 t<8>, c<8>, o<8>;",
         "mov.u32 a, global_smem;",
         "add.u32 a, a, $16;",
-        "barrier.cluster.wait.aligned;",
         "mad.lo.u32 r, $24, 1024, a;",
+        "st.shared.v4.f32 [r], {$8, $9, $10, $11};",
+        "st.shared.v4.f32 [r+16], {$12, $13, $14, $15};",
+        "bar.sync 0;",
+    ]
+    lines += add_rows(0, warps, "c")
+    lines += [
+        "barrier.cluster.wait.aligned;",
+        f"mad.lo.u32 r, $32, 1024, a;",
+        f"add.u32 r, r, {warps * 1024};",
         "mapa.shared::cluster.u32 r, r, 0;",
-        "st.shared::cluster.v4.f32 [r], {$8, $9, $10, $11};",
-        "st.shared::cluster.v4.f32 [r+16], {$12, $13, $14, $15};",
+        "setp.eq.u32 q, $24, 0;",
+        "@q st.shared::cluster.v4.f32 [r], {c0, c1, c2, c3};",
+        "@q st.shared::cluster.v4.f32 [r+16], {c4, c5, c6, c7};",
         "barrier.cluster.arrive.release.aligned;",
         "barrier.cluster.wait.acquire.aligned;",
-        "ld.shared.v4.f32 {$0, $1, $2, $3}, [a];",
-        "ld.shared.v4.f32 {$4, $5, $6, $7}, [a+16];",
     ]
-    for slot in range(1, int(slots)):
-        off = slot * 1024
-        lines += [
-            f"ld.shared.v4.f32 {{t0, t1, t2, t3}}, [a+{off}];",
-            f"ld.shared.v4.f32 {{t4, t5, t6, t7}}, [a+{off + 16}];",
-        ]
-        lines += [f"add.f32 ${i}, ${i}, t{i};" for i in range(8)]
+    lines += add_rows(warps, ctas, "o")
+    lines += [f"mov.f32 ${i}, o{i};" for i in range(8)]
     lines.append("}")
     return "\n".join(lines)
 
 
-_REDUCE_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 16))
+_REDUCE_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 24))
 
 
 @gluon.jit
@@ -106,8 +131,8 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
     # the slots (Gluon's only shared memory, at offset 0 of global_smem), zeroed here so that
     # Gluon allocates them; the asm blocks address them through global_smem
     buf = gl.allocate_shared_memory(
-        gl.float32, [C * W, 256], _buffer_layout(C),
-        gl.zeros([C * W, 256], gl.float32, _slots_layout(C, W)),
+        gl.float32, [_rows(C, W), 256], _buffer_layout(C),
+        gl.zeros([_rows(C, W), 256], gl.float32, _slots_layout(C, W)),
     )  # fmt: skip
 
     n0 = gl.program_id(0) * 256
@@ -144,10 +169,10 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
         kept = gl.abs(xn) > tn
         xv = gl.where(kept, xn, 0.0)
     acc = acc + dummy.to(gl.float32)  # orders the arrive before the reduction asm
-    slot = rank * W + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)  # [W, 256]
-    total = gl.inline_asm_elementwise(_reduce_asm(C * W), _REDUCE_CONSTRAINTS,
-                                      [acc, lanes * 4, slot], dtype=gl.float32, is_pure=False,
-                                      pack=8)  # fmt: skip
+    warp_of = gl.zeros([W, 256], gl.int32, LACC) + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)
+    total = gl.inline_asm_elementwise(_reduce_asm(C, W), _REDUCE_CONSTRAINTS,
+                                      [acc, lanes * 4, warp_of, rank], dtype=gl.float32,
+                                      is_pure=False, pack=8)  # fmt: skip
     leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank == 0)
     gl.store(y_ptr + gl.expand_dims(n0 + col, 0) + lanes * 0,
              total.to(y_ptr.dtype.element_ty), mask=leader)  # fmt: skip
