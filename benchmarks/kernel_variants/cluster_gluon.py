@@ -99,7 +99,7 @@ def _reduce_asm(ctas, warps):
     lines += add_rows(0, warps, "c")
     lines += [
         "barrier.cluster.wait.aligned;",
-        f"mad.lo.u32 r, $32, 1024, a;",
+        "mad.lo.u32 r, $32, 1024, a;",
         f"add.u32 r, r, {warps * 1024};",
         "mapa.shared::cluster.u32 r, r, 0;",
         "setp.eq.u32 q, $24, 0;",

@@ -1,6 +1,6 @@
 # ruff: noqa: E501
-"""Kernel variant (kernel_notes section 20): the split-K sum in int64 fixed point with the add count in the low 8 bits of the same word (``_fixed_point_epilogue``), so that the CTA whose atomic completes an element knows it from the value it gets back. Needs fewer than 256 K splits and |partial sums| < 2^31; the output activation keeps the package's epilogue. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``.
-"""
+"""Kernel variant (kernel_notes section 20): the split-K sum in int64 fixed point with the add count in the low 8 bits of the same word (``_fixed_point_epilogue``), so that the CTA whose atomic completes an element knows it from the value it gets back. Needs fewer than 256 K splits and |partial sums| < 2^31; the output activation keeps the package's epilogue. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``."""
+
 from __future__ import annotations
 
 import functools
@@ -36,9 +36,9 @@ from .gemv_tuner import (
 )
 from .output_activation import OutputActivation, activation_reference
 from .splitk import (
-    _round_out,
     REDUCTION_MODES,
     _atomic_splitk_epilogue,
+    _round_out,
     _splitk_reduce_kernel,
     atomic_workspace,
     reduction_mode,
@@ -309,8 +309,9 @@ def _sparse_gemv_kernel(
         offs_m = tl.arange(0, M_BUCKET)
 
     if ATOMIC_REDUCE and ACT == 0:
-        _fixed_point_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, bias_ptr, y_ptr,
-                              HAS_BIAS, INTERPRET)
+        _fixed_point_epilogue(
+            part, offs_m, offs_n, n_mask, M, N, part_ptr, bias_ptr, y_ptr, HAS_BIAS, INTERPRET
+        )
     elif ATOMIC_REDUCE:
         _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,
                                 bias_ptr, y_ptr, h_ptr, HALF, HAS_BIAS, INTERPRET, ACT, GATED,

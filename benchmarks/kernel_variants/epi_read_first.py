@@ -1,6 +1,6 @@
 # ruff: noqa: E501
-"""Kernel variant (kernel_notes section 20): the split-K epilogue reads the ticket before publishing (``_read_first_epilogue``), so the CTA that finishes a tile after all the others skips its own atomics and fence. The output activation keeps the package's epilogue. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``.
-"""
+"""Kernel variant (kernel_notes section 20): the split-K epilogue reads the ticket before publishing (``_read_first_epilogue``), so the CTA that finishes a tile after all the others skips its own atomics and fence. The output activation keeps the package's epilogue. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``."""
+
 from __future__ import annotations
 
 import functools
@@ -36,9 +36,9 @@ from .gemv_tuner import (
 )
 from .output_activation import OutputActivation, activation_reference
 from .splitk import (
-    _round_out,
     REDUCTION_MODES,
     _atomic_splitk_epilogue,
+    _round_out,
     _splitk_reduce_kernel,
     atomic_workspace,
     reduction_mode,
@@ -317,8 +317,20 @@ def _sparse_gemv_kernel(
         offs_m = tl.arange(0, M_BUCKET)
 
     if ATOMIC_REDUCE and ACT == 0:
-        _read_first_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr, bias_ptr,
-                             y_ptr, HAS_BIAS, INTERPRET)
+        _read_first_epilogue(
+            part,
+            offs_m,
+            offs_n,
+            n_mask,
+            M,
+            N,
+            part_ptr,
+            ticket_ptr,
+            bias_ptr,
+            y_ptr,
+            HAS_BIAS,
+            INTERPRET,
+        )
     elif ATOMIC_REDUCE:
         _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,
                                 bias_ptr, y_ptr, h_ptr, HALF, HAS_BIAS, INTERPRET, ACT, GATED,

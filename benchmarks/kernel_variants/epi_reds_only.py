@@ -1,6 +1,6 @@
 # ruff: noqa: E501
-"""Kernel variant (kernel_notes section 20), a bound, not a kernel: one piece of the split-K epilogue alone: every CTA adds its partial into the fp32 workspace (relaxed fp32 atomics) and exits: no fence, ticket, read-back or output (the workspace is never zeroed: its values grow; timing only). Timed beside the package's kernel and ``no_epilogue.py`` with the same configs, it says what that piece costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``.
-"""
+"""Kernel variant (kernel_notes section 20), a bound, not a kernel: one piece of the split-K epilogue alone: every CTA adds its partial into the fp32 workspace (relaxed fp32 atomics) and exits: no fence, ticket, read-back or output (the workspace is never zeroed: its values grow; timing only). Timed beside the package's kernel and ``no_epilogue.py`` with the same configs, it says what that piece costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``."""
+
 from __future__ import annotations
 
 import functools

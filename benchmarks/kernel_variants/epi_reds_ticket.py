@@ -1,6 +1,6 @@
 # ruff: noqa: E501
-"""Kernel variant (kernel_notes section 20), a bound, not a kernel: one piece of the split-K epilogue alone: the atomics, the fence and the ticket as in the package, but the last CTA writes y from its own partial (no read-back, no zeroing: wrong output; timing only). Timed beside the package's kernel and ``no_epilogue.py`` with the same configs, it says what that piece costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``.
-"""
+"""Kernel variant (kernel_notes section 20), a bound, not a kernel: one piece of the split-K epilogue alone: the atomics, the fence and the ticket as in the package, but the last CTA writes y from its own partial (no read-back, no zeroing: wrong output; timing only). Timed beside the package's kernel and ``no_epilogue.py`` with the same configs, it says what that piece costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``."""
+
 from __future__ import annotations
 
 import functools
@@ -288,7 +288,11 @@ def _sparse_gemv_kernel(
         tl.debug_barrier()
         ticket = tl.atomic_add(ticket_ptr + tl.program_id(0), 1, sem="acq_rel")
         last = ticket == tl.num_programs(1) - 1
-        tl.store(y_ptr + idx, part.to(y_ptr.dtype.element_ty), mask=emask & ((idx * 0 + ticket) == tl.num_programs(1) - 1))
+        tl.store(
+            y_ptr + idx,
+            part.to(y_ptr.dtype.element_ty),
+            mask=emask & ((idx * 0 + ticket) == tl.num_programs(1) - 1),
+        )
         tl.store(ticket_ptr + tl.program_id(0), 0, mask=last)
     elif False:
         _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,

@@ -1,6 +1,6 @@
 # ruff: noqa: E501
-"""Kernel variant (kernel_notes section 20), a bound, not a kernel: one piece of the split-K epilogue alone: no atomics on the data: the ticket (acquire-release) and, in the last CTA, the read-back of the (zero) workspace, its zeroing and y from its own partial plus the read-back (wrong output; timing only). Timed beside the package's kernel and ``no_epilogue.py`` with the same configs, it says what that piece costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``.
-"""
+"""Kernel variant (kernel_notes section 20), a bound, not a kernel: one piece of the split-K epilogue alone: no atomics on the data: the ticket (acquire-release) and, in the last CTA, the read-back of the (zero) workspace, its zeroing and y from its own partial plus the read-back (wrong output; timing only). Timed beside the package's kernel and ``no_epilogue.py`` with the same configs, it says what that piece costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``."""
+
 from __future__ import annotations
 
 import functools

@@ -5,6 +5,7 @@ the output is wrong), with no fp32 atomics, fence, ticket or read-back. Timed be
 package's kernel with the same configs, it says how much of a call the split-K epilogue
 costs. Otherwise a copy of ``was_compile/kernels/triton_sparse_gemv.py``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -287,8 +288,11 @@ def _sparse_gemv_kernel(
 
     if ATOMIC_REDUCE:
         idx = offs_m[:, None] * N + offs_n[None, :]
-        tl.store(y_ptr + idx, part.to(y_ptr.dtype.element_ty),
-                 mask=(offs_m[:, None] < M) & n_mask[None, :])
+        tl.store(
+            y_ptr + idx,
+            part.to(y_ptr.dtype.element_ty),
+            mask=(offs_m[:, None] < M) & n_mask[None, :],
+        )
     elif False:
         _atomic_splitk_epilogue(part, offs_m, offs_n, n_mask, M, N, part_ptr, ticket_ptr,
                                 bias_ptr, y_ptr, h_ptr, HALF, HAS_BIAS, INTERPRET, ACT, GATED,

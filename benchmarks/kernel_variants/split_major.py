@@ -8,6 +8,7 @@ another through the launch. Otherwise a copy of ``was_compile/kernels/triton_spa
 (its epilogue takes the tile, the tile count and the split count as arguments). Run through
 ``benchmarks/config_sweep.py --kernel-file``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,10 +44,9 @@ from .gemv_tuner import (
 )
 from .output_activation import OutputActivation, activation_reference
 from .splitk import (
+    REDUCTION_MODES,
     _activation,
     _round_out,
-    REDUCTION_MODES,
-    _atomic_splitk_epilogue,
     _splitk_reduce_kernel,
     atomic_workspace,
     reduction_mode,

@@ -7,6 +7,7 @@ workspace reserved for 16 rows holds them), 2 for M <= 8. Otherwise a copy of
 ``was_compile/kernels/triton_sparse_gemv.py``. Run through ``benchmarks/config_sweep.py
 --kernel-file``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,10 +43,9 @@ from .gemv_tuner import (
 )
 from .output_activation import OutputActivation, activation_reference
 from .splitk import (
+    REDUCTION_MODES,
     _activation,
     _round_out,
-    REDUCTION_MODES,
-    _atomic_splitk_epilogue,
     _splitk_reduce_kernel,
     atomic_workspace,
     reduction_mode,
