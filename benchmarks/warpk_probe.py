@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="[[32, 8], [16, 16], [16, 8], [32, 4]]",
                    help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--cluster", default="[]",
-                   help="cluster: JSON list of [CTAs a cluster, warps, BLOCK_K]")  # fmt: skip
+                   help="cluster: JSON list of [CTAs, warps, BLOCK_K(, maxnreg)]")  # fmt: skip
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -94,11 +94,14 @@ def main(argv=None) -> int:
                     functools.partial(wk.warpk_gemv, warps=warps, block_k=bk),
                 )
             )
-        for ctas, warps, bk in json.loads(args.cluster):
+        for ctas, warps, bk, *cap in json.loads(args.cluster):
+            cap = cap[0] if cap else None
             impls.append(
                 (
-                    f"cluster C={ctas} W={warps} BLOCK_K={bk}",
-                    functools.partial(cl.cluster_gemv, ctas=ctas, warps=warps, block_k=bk),
+                    f"cluster C={ctas} W={warps} BLOCK_K={bk}" + (f" maxnreg={cap}" if cap else ""),
+                    functools.partial(
+                        cl.cluster_gemv, ctas=ctas, warps=warps, block_k=bk, maxnreg=cap
+                    ),
                 )
             )
         for name, fn in impls:

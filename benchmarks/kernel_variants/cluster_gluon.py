@@ -181,7 +181,7 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
 
 def cluster_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor,
                  segment_ends, ctas: int = 8, warps: int = 4,
-                 block_k: int = 8) -> torch.Tensor:  # fmt: skip
+                 block_k: int = 8, maxnreg: int | None = None) -> torch.Tensor:  # fmt: skip
     """y [1, N] = where(|x| > thresholds[seg], x, 0) @ weight_t; see the module docstring."""
     k, n = weight_t.shape
     ends = tuple(segment_ends)
@@ -195,6 +195,6 @@ def cluster_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tens
     _cluster_gemv_kernel[(n // 256,)](
         x, weight_t, thr, y, n, k, e[0], e[1], thr.stride(0) if thr.shape[0] > 1 else 0,
         C=ctas, W=warps, BLOCK_K=block_k, STEPS=k // (ctas * warps * block_k),
-        num_warps=warps, num_ctas=ctas,
+        num_warps=warps, num_ctas=ctas, **({"maxnreg": maxnreg} if maxnreg else {}),
     )  # fmt: skip
     return y
