@@ -5,17 +5,20 @@ One cluster of C CTAs (``num_ctas = C``: Triton launches C x tiles CTAs with a c
 dimension of C, and ``program_id`` is the cluster's index) per 256-column tile; the C CTAs
 and their W warps split the tile's K rows, C x W ways (warp w of CTA r reads rows
 [(r W + w) K / (C W), ...)); every lane owns 8 contiguous columns of each row (16-byte
-loads), as in ``warpk_gluon.py``. At the end every thread adds its 8 partial sums into a
-256-float buffer in the shared memory of the cluster's CTA 0 (``red.shared::cluster``), the
-cluster barrier orders the adds, and CTA 0 reads the buffer and writes y. So the L2 sees no
-atomics, no ticket and no read-back: one hop over the SM-to-SM network and a cluster barrier.
+loads), as in ``warpk_gluon.py``. At the end each warp writes its partial row into its
+CTA's shared memory and the CTA sums them; warp 0 stores the CTA's row into its slot of
+CTA 0's buffer over the SM-to-SM network (plain ``st.shared::cluster``; fp32 atomic adds
+there compile to compare-and-swap loops and ran 2-50x slower); the cluster barrier orders
+the stores, and CTA 0 sums the C rows in a fixed order and writes y. So the L2 sees no
+atomics, no ticket and no read-back, and the sum is the same run to run.
 
 Gluon gives no handle on distributed shared memory in Triton 3.6, so the cluster part is
-inline PTX: the buffer is Gluon's only shared-memory allocation (offset 0 of
-``global_smem``), zeroed and read back through PTX in the same ``asm`` blocks as the cluster
-barriers, so nothing can move across them. Probe code (``benchmarks/warpk_probe.py``):
-M = 1, up to 3 segments whose ends are multiples of 256, K a multiple of C x W x BLOCK_K,
-C in {2, 4, 8, 16}. Gluon kernels do not run in the interpreter.
+inline PTX: the buffer [W + C rows, rounded up to a power of 2, 256] fp32 is Gluon's only
+shared-memory allocation (offset 0 of ``global_smem``), and the stores, barriers and
+read-backs of the reduction are one ``asm`` block per thread, so nothing can move across the
+barriers. Probe code (``benchmarks/warpk_probe.py``): M = 1, up to 3 segments whose ends are
+multiples of 256, K a multiple of C x W x BLOCK_K, C in {2, 4, 8, 16}. Gluon kernels do not
+run in the interpreter.
 """
 
 from __future__ import annotations
