@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="[[32, 8], [16, 16], [16, 8], [32, 4]]",
                    help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--cluster", default="[]",
-                   help="cluster: JSON list of [CTAs, warps, BLOCK_K(, maxnreg)]")  # fmt: skip
+                   help="cluster: JSON [[CTAs, warps, BLOCK_K(, maxnreg or 0, cols)], ...]")  # fmt: skip
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -94,16 +94,12 @@ def main(argv=None) -> int:
                     functools.partial(wk.warpk_gemv, warps=warps, block_k=bk),
                 )
             )
-        for ctas, warps, bk, *cap in json.loads(args.cluster):
-            cap = cap[0] if cap else None
-            impls.append(
-                (
-                    f"cluster C={ctas} W={warps} BLOCK_K={bk}" + (f" maxnreg={cap}" if cap else ""),
-                    functools.partial(
-                        cl.cluster_gemv, ctas=ctas, warps=warps, block_k=bk, maxnreg=cap
-                    ),
-                )
-            )
+        for ctas, warps, bk, *more in json.loads(args.cluster):
+            cap, cols = (more + [0, 256])[:2] if more else (0, 256)
+            name = f"cluster C={ctas} W={warps} BLOCK_K={bk} cols={cols}"
+            fn = functools.partial(cl.cluster_gemv, ctas=ctas, warps=warps, block_k=bk,
+                                   maxnreg=cap or None, cols=cols)  # fmt: skip
+            impls.append((name + (f" maxnreg={cap}" if cap else ""), fn))
         for name, fn in impls:
             try:
                 y = fn(x, w_ts[0], thr, ends)

@@ -29,18 +29,20 @@ from triton.experimental.gluon import language as gl
 
 
 @gluon.constexpr_function
-def _tile_layout(ctas, warps, block_k):
-    """[W, BLOCK_K, 256]: warp w holds its rows of the step, a lane 8 contiguous columns;
+def _tile_layout(ctas, warps, block_k, vec):
+    """[W, BLOCK_K, 32 VEC]: warp w holds its rows of the step, a lane VEC contiguous columns;
     replicated across the cluster (every CTA holds the whole tensor, nothing is split)."""
     cga = [[0, 0, 0] for _ in range(int(ctas).bit_length() - 1)]
-    return gl.BlockedLayout([1, int(block_k), 8], [1, 1, 32], [int(warps), 1, 1], [2, 1, 0], cga)
+    return gl.BlockedLayout(
+        [1, int(block_k), int(vec)], [1, 1, 32], [int(warps), 1, 1], [2, 1, 0], cga
+    )
 
 
 @gluon.constexpr_function
-def _slots_layout(ctas, warps):
-    """[slots, 256] registers: a lane 8 columns of every slot row, warps over the slots."""
+def _slots_layout(ctas, warps, vec):
+    """[rows, 32 VEC] registers: a lane VEC columns of every row, warps over the rows."""
     cga = [[0, 0] for _ in range(int(ctas).bit_length() - 1)]
-    return gl.BlockedLayout([1, 8], [1, 32], [int(warps), 1], [1, 0], cga)
+    return gl.BlockedLayout([1, int(vec)], [1, 32], [int(warps), 1], [1, 0], cga)
 
 
 @gluon.constexpr_function
@@ -55,97 +57,107 @@ def _buffer_layout(ctas):
     return gl.SwizzledSharedLayout(1, 1, 1, [1, 0], cga)
 
 
-# per thread: arrive (phase 0: every CTA of the cluster has started; nothing to order yet)
-# (one asm instance a thread: pack 8 over the thread's 8 columns)
-_ARRIVE = gl.constexpr(
-    "barrier.cluster.arrive.relaxed.aligned;\n" + "\n".join(f"mov.u32 ${i}, 0;" for i in range(8))
-)
-_ARRIVE_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
+@gluon.constexpr_function
+def _constraints(outs, out_kind, ins):
+    """Constraint string of an asm block with ``outs`` outputs of kind ``out_kind`` ("r" or
+    "f") and the input kinds ``ins``, each given ``outs`` times (one a packed element)."""
+    n = int(outs)
+    return ",".join([f"={out_kind}"] * n + [k for k in ins for _ in range(n)])
 
 
 @gluon.constexpr_function
-def _reduce_asm(ctas, warps):
-    """Per thread (8 columns), in shared memory [warps + ctas, 256] fp32: store its 8 partial
-    sums in its warp's row; CTA barrier; sum the warp rows (fixed order); wait for cluster
-    phase 0; warp 0 stores the CTA's sums into row warps + rank of CTA 0 (plain stores over
-    the SM-to-SM network); arrive and wait for phase 1 (every CTA's row written); sum rows
-    warps .. warps + ctas - 1 of the local buffer, in order (on CTA 0: the tile's sums).
-    Operands: $0-$7 sums out, $8-$15 partials, $16 the byte offset of the thread's first
-    column, $24 its warp, $32 its CTA rank."""
-    ctas, warps = int(ctas), int(warps)
+def _arrive_asm(vec):
+    """Per thread (one instance: pack VEC over its VEC columns): arrive on the cluster
+    barrier, phase 0 (every CTA of the cluster has started; nothing to order yet)."""
+    return "barrier.cluster.arrive.relaxed.aligned;\n" + "\n".join(
+        f"mov.u32 ${i}, 0;" for i in range(int(vec))
+    )
+
+
+@gluon.constexpr_function
+def _reduce_asm(ctas, warps, vec):
+    """Per thread (VEC columns), in shared memory [W + C (rounded), 32 VEC] fp32: store its
+    partial sums in its warp's row; CTA barrier; sum the warp rows (fixed order); wait for
+    cluster phase 0; warp 0 stores the CTA's sums into row W + rank of CTA 0 (plain stores
+    over the SM-to-SM network); arrive and wait for phase 1 (every CTA's row written); sum
+    rows W .. W + C - 1 of the local buffer, in order (on CTA 0: the tile's sums).
+    Operands (v = VEC): $0.. sums out, $v.. partials, $2v the byte offset of the thread's
+    first column, $3v its warp, $4v its CTA rank."""
+    ctas, warps, v = int(ctas), int(warps), int(vec)
+    row_bytes = 32 * v * 4
+    quads = v // 4  # 16-byte vectors a thread moves per row
+
+    def vecs(name: str) -> list:
+        return [", ".join(f"{name}{4 * q + i}" for i in range(4)) for q in range(quads)]
 
     def add_rows(first: int, count: int, into: str) -> list:
         out = []
         for row in range(first, first + count):
-            off = row * 1024
             dst = into if row == first else "t"
-            out += [
-                f"ld.shared.v4.f32 {{{dst}0, {dst}1, {dst}2, {dst}3}}, [a+{off}];",
-                f"ld.shared.v4.f32 {{{dst}4, {dst}5, {dst}6, {dst}7}}, [a+{off + 16}];",
-            ]
+            for q, regs in enumerate(vecs(dst)):
+                out.append(f"ld.shared.v4.f32 {{{regs}}}, [a+{row * row_bytes + 16 * q}];")
             if row != first:
-                out += [f"add.f32 {into}{i}, {into}{i}, t{i};" for i in range(8)]
+                out += [f"add.f32 {into}{i}, {into}{i}, t{i};" for i in range(v)]
         return out
 
+    partials = [", ".join(f"${v + 4 * q + i}" for i in range(4)) for q in range(quads)]
     lines = [
         "{",
         ".reg .u32 a, r;",
         ".reg .pred q;",
-        ".reg .f32 t<8>, c<8>, o<8>;",
+        f".reg .f32 t<{v}>, c<{v}>, o<{v}>;",
         "mov.u32 a, global_smem;",
-        "add.u32 a, a, $16;",
-        "mad.lo.u32 r, $24, 1024, a;",
-        "st.shared.v4.f32 [r], {$8, $9, $10, $11};",
-        "st.shared.v4.f32 [r+16], {$12, $13, $14, $15};",
-        "bar.sync 0;",
+        f"add.u32 a, a, ${2 * v};",
+        f"mad.lo.u32 r, ${3 * v}, {row_bytes}, a;",
     ]
+    lines += [f"st.shared.v4.f32 [r+{16 * q}], {{{regs}}};" for q, regs in enumerate(partials)]
+    lines.append("bar.sync 0;")
     lines += add_rows(0, warps, "c")
     lines += [
         "barrier.cluster.wait.aligned;",
-        "mad.lo.u32 r, $32, 1024, a;",
-        f"add.u32 r, r, {warps * 1024};",
+        f"mad.lo.u32 r, ${4 * v}, {row_bytes}, a;",
+        f"add.u32 r, r, {warps * row_bytes};",
         "mapa.shared::cluster.u32 r, r, 0;",
-        "setp.eq.u32 q, $24, 0;",
-        "@q st.shared::cluster.v4.f32 [r], {c0, c1, c2, c3};",
-        "@q st.shared::cluster.v4.f32 [r+16], {c4, c5, c6, c7};",
-        "barrier.cluster.arrive.release.aligned;",
-        "barrier.cluster.wait.acquire.aligned;",
+        f"setp.eq.u32 q, ${3 * v}, 0;",
     ]
+    lines += [
+        f"@q st.shared::cluster.v4.f32 [r+{16 * q}], {{{regs}}};"
+        for q, regs in enumerate(vecs("c"))
+    ]
+    lines += ["barrier.cluster.arrive.release.aligned;", "barrier.cluster.wait.acquire.aligned;"]
     lines += add_rows(warps, ctas, "o")
-    lines += [f"mov.f32 ${i}, o{i};" for i in range(8)]
+    lines += [f"mov.f32 ${i}, o{i};" for i in range(v)]
     lines.append("}")
     return "\n".join(lines)
-
-
-_REDUCE_CONSTRAINTS = gl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 24))
 
 
 @gluon.jit
 def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
                          C: gl.constexpr, W: gl.constexpr, BLOCK_K: gl.constexpr,
-                         STEPS: gl.constexpr):  # fmt: skip
-    """y[n0:n0 + 256] for the cluster's column tile; thresholds row 0 for columns < E0, 1 for
-    [E0, E1), 2 after."""
-    L3: gl.constexpr = _tile_layout(C, W, BLOCK_K)
+                         STEPS: gl.constexpr, VEC: gl.constexpr):  # fmt: skip
+    """y[n0:n0 + 32 VEC] for the cluster's column tile; thresholds row 0 for columns < E0, 1
+    for [E0, E1), 2 after."""
+    TILE: gl.constexpr = 32 * VEC
+    L3: gl.constexpr = _tile_layout(C, W, BLOCK_K, VEC)
     LX: gl.constexpr = gl.SliceLayout(2, L3)  # [W, BLOCK_K]
-    LACC: gl.constexpr = gl.SliceLayout(1, L3)  # [W, 256]: 8 contiguous columns a lane
+    LACC: gl.constexpr = gl.SliceLayout(1, L3)  # [W, TILE]: VEC contiguous columns a lane
     LN: gl.constexpr = gl.SliceLayout(0, LACC)
     LWARP: gl.constexpr = gl.SliceLayout(1, LACC)
-    # the slots (Gluon's only shared memory, at offset 0 of global_smem), zeroed here so that
+    # the rows (Gluon's only shared memory, at offset 0 of global_smem), zeroed here so that
     # Gluon allocates them; the asm blocks address them through global_smem
     buf = gl.allocate_shared_memory(
-        gl.float32, [_rows(C, W), 256], _buffer_layout(C),
-        gl.zeros([_rows(C, W), 256], gl.float32, _slots_layout(C, W)),
+        gl.float32, [_rows(C, W), TILE], _buffer_layout(C),
+        gl.zeros([_rows(C, W), TILE], gl.float32, _slots_layout(C, W, VEC)),
     )  # fmt: skip
 
-    n0 = gl.program_id(0) * 256
+    n0 = gl.program_id(0) * TILE
     seg = (n0 >= E0).to(gl.int32) + (n0 >= E1).to(gl.int32)
     thr_row = thr_ptr + seg * stride_thr
-    col = gl.arange(0, 256, layout=LN)
-    lanes = gl.zeros([W, 256], gl.int32, LACC) + gl.expand_dims(col, 0)  # [W, 256]
-    # every thread: 8 columns starting at a multiple of 8; the asm takes the first's byte offset
-    dummy = gl.inline_asm_elementwise(_ARRIVE, _ARRIVE_CONSTRAINTS, [lanes], dtype=gl.int32,
-                                      is_pure=False, pack=8)  # fmt: skip
+    col = gl.arange(0, TILE, layout=LN)
+    lanes = gl.zeros([W, TILE], gl.int32, LACC) + gl.expand_dims(col, 0)  # [W, TILE]
+    # one asm instance a thread (pack VEC over its VEC columns, the first's offset used)
+    dummy = gl.inline_asm_elementwise(_arrive_asm(VEC), _constraints(VEC, "r", "r"), [lanes],
+                                      dtype=gl.int32, is_pure=False, pack=VEC)  # fmt: skip
     rank = gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r,r", [lanes],
                                      dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
     cols3 = gl.expand_dims(gl.expand_dims(n0 + col, 0), 1)
@@ -160,7 +172,7 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
     tv = gl.load(thr_row + rows)
     kept = gl.abs(xv) > tv
     xv = gl.where(kept, xv, 0.0)
-    acc = gl.zeros([W, 256], gl.float32, LACC)
+    acc = gl.zeros([W, TILE], gl.float32, LACC)
     for _ in range(STEPS):
         w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=gl.expand_dims(kept, 2),
                     other=0.0, eviction_policy="evict_first")  # fmt: skip
@@ -172,10 +184,10 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
         kept = gl.abs(xn) > tn
         xv = gl.where(kept, xn, 0.0)
     acc = acc + dummy.to(gl.float32)  # orders the arrive before the reduction asm
-    warp_of = gl.zeros([W, 256], gl.int32, LACC) + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)
-    total = gl.inline_asm_elementwise(_reduce_asm(C, W), _REDUCE_CONSTRAINTS,
+    warp_of = gl.zeros([W, TILE], gl.int32, LACC) + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)
+    total = gl.inline_asm_elementwise(_reduce_asm(C, W, VEC), _constraints(VEC, "f", "frrr"),
                                       [acc, lanes * 4, warp_of, rank], dtype=gl.float32,
-                                      is_pure=False, pack=8)  # fmt: skip
+                                      is_pure=False, pack=VEC)  # fmt: skip
     leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank == 0)
     gl.store(y_ptr + gl.expand_dims(n0 + col, 0) + lanes * 0,
              total.to(y_ptr.dtype.element_ty), mask=leader)  # fmt: skip
@@ -183,21 +195,23 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
 
 
 def cluster_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor,
-                 segment_ends, ctas: int = 8, warps: int = 4,
-                 block_k: int = 8, maxnreg: int | None = None) -> torch.Tensor:  # fmt: skip
-    """y [1, N] = where(|x| > thresholds[seg], x, 0) @ weight_t; see the module docstring."""
+                 segment_ends, ctas: int = 8, warps: int = 4, block_k: int = 8,
+                 maxnreg: int | None = None, cols: int = 256) -> torch.Tensor:  # fmt: skip
+    """y [1, N] = where(|x| > thresholds[seg], x, 0) @ weight_t; column tiles of ``cols``
+    (256: 8 a lane, 16-byte loads; 128: 4 a lane, 8-byte loads); see the module docstring."""
     k, n = weight_t.shape
     ends = tuple(segment_ends)
-    if (x.shape[0] != 1 or len(ends) > 3 or any(e % 256 for e in ends)
+    if (x.shape[0] != 1 or len(ends) > 3 or cols not in (128, 256) or any(e % cols for e in ends)
             or k % (ctas * warps * block_k) or ctas not in (2, 4, 8, 16)):  # fmt: skip
-        raise ValueError("cluster_gemv: M = 1, at most 3 segments of multiples of 256, K a "
-                         f"multiple of {ctas * warps * block_k}, 2-16 CTAs a cluster")  # fmt: skip
+        raise ValueError(f"cluster_gemv: M = 1, at most 3 segments of multiples of {cols} "
+                         f"(128 or 256), K a multiple of {ctas * warps * block_k}, 2-16 CTAs "
+                         "a cluster")  # fmt: skip
     e = list(ends) + [n] * (3 - len(ends))
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     thr = thresholds.contiguous()
-    _cluster_gemv_kernel[(n // 256,)](
+    _cluster_gemv_kernel[(n // cols,)](
         x, weight_t, thr, y, n, k, e[0], e[1], thr.stride(0) if thr.shape[0] > 1 else 0,
-        C=ctas, W=warps, BLOCK_K=block_k, STEPS=k // (ctas * warps * block_k),
+        C=ctas, W=warps, BLOCK_K=block_k, STEPS=k // (ctas * warps * block_k), VEC=cols // 32,
         num_warps=warps, num_ctas=ctas, **({"maxnreg": maxnreg} if maxnreg else {}),
     )  # fmt: skip
     return y
