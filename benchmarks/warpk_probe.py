@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="[[32, 8], [16, 16], [16, 8], [32, 4]]",
                    help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--cluster", default="[]",
-                   help="cluster: JSON [[CTAs, warps, BLOCK_K(, maxnreg or 0, cols)], ...]")  # fmt: skip
+                   help="cluster: JSON [[CTAs, warps, BLOCK_K(, cap or 0, cols)]]")  # fmt: skip
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
