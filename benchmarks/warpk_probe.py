@@ -44,6 +44,11 @@ def main(argv=None) -> int:
                    help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--cluster", default="[]",
                    help="cluster: JSON [[CTAs, warps, BLOCK_K(, cap or 0, cols)]]")  # fmt: skip
+    p.add_argument(
+        "--bounds",
+        action="store_true",
+        help="also time each cluster config without its reduction (wrong output)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -100,6 +105,9 @@ def main(argv=None) -> int:
             fn = functools.partial(cl.cluster_gemv, ctas=ctas, warps=warps, block_k=bk,
                                    maxnreg=cap or None, cols=cols)  # fmt: skip
             impls.append((name + (f" maxnreg={cap}" if cap else ""), fn))
+            if args.bounds:  # the same kernel without its reduction: wrong output, a bound
+                impls.append((name + (f" maxnreg={cap}" if cap else "") + " NO-REDUCTION",
+                              functools.partial(fn, reduce=False)))  # fmt: skip
         for name, fn in impls:
             try:
                 y = fn(x, w_ts[0], thr, ends)

@@ -134,9 +134,11 @@ def _reduce_asm(ctas, warps, vec):
 @gluon.jit
 def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
                          C: gl.constexpr, W: gl.constexpr, BLOCK_K: gl.constexpr,
-                         STEPS: gl.constexpr, VEC: gl.constexpr):  # fmt: skip
+                         STEPS: gl.constexpr, VEC: gl.constexpr,
+                         REDUCE: gl.constexpr = 1):  # fmt: skip
     """y[n0:n0 + 32 VEC] for the cluster's column tile; thresholds row 0 for columns < E0, 1
-    for [E0, E1), 2 after."""
+    for [E0, E1), 2 after. REDUCE = 0 (a timing bound, wrong output): no reduction, every
+    CTA's warp 0 stores its own partial sums into y."""
     TILE: gl.constexpr = 32 * VEC
     L3: gl.constexpr = _tile_layout(C, W, BLOCK_K, VEC)
     LX: gl.constexpr = gl.SliceLayout(2, L3)  # [W, BLOCK_K]
@@ -156,8 +158,12 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
     col = gl.arange(0, TILE, layout=LN)
     lanes = gl.zeros([W, TILE], gl.int32, LACC) + gl.expand_dims(col, 0)  # [W, TILE]
     # one asm instance a thread (pack VEC over its VEC columns, the first's offset used)
-    dummy = gl.inline_asm_elementwise(_arrive_asm(VEC), _constraints(VEC, "r", "r"), [lanes],
-                                      dtype=gl.int32, is_pure=False, pack=VEC)  # fmt: skip
+    if REDUCE:
+        dummy = gl.inline_asm_elementwise(_arrive_asm(VEC), _constraints(VEC, "r", "r"),
+                                          [lanes], dtype=gl.int32, is_pure=False,
+                                          pack=VEC)  # fmt: skip
+    else:
+        dummy = lanes * 0
     rank = gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r,r", [lanes],
                                      dtype=gl.int32, is_pure=True, pack=1)  # fmt: skip
     cols3 = gl.expand_dims(gl.expand_dims(n0 + col, 0), 1)
@@ -185,10 +191,15 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
         xv = gl.where(kept, xn, 0.0)
     acc = acc + dummy.to(gl.float32)  # orders the arrive before the reduction asm
     warp_of = gl.zeros([W, TILE], gl.int32, LACC) + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)
-    total = gl.inline_asm_elementwise(_reduce_asm(C, W, VEC), _constraints(VEC, "f", "frrr"),
-                                      [acc, lanes * 4, warp_of, rank], dtype=gl.float32,
-                                      is_pure=False, pack=VEC)  # fmt: skip
-    leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank == 0)
+    if REDUCE:
+        total = gl.inline_asm_elementwise(_reduce_asm(C, W, VEC),
+                                          _constraints(VEC, "f", "frrr"),
+                                          [acc, lanes * 4, warp_of, rank], dtype=gl.float32,
+                                          is_pure=False, pack=VEC)  # fmt: skip
+        leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank == 0)
+    else:
+        total = acc
+        leader = (gl.expand_dims(gl.arange(0, W, layout=LWARP), 1) == 0) & (rank >= 0)
     gl.store(y_ptr + gl.expand_dims(n0 + col, 0) + lanes * 0,
              total.to(y_ptr.dtype.element_ty), mask=leader)  # fmt: skip
     buf._keep_alive()
@@ -196,7 +207,8 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
 
 def cluster_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor,
                  segment_ends, ctas: int = 8, warps: int = 4, block_k: int = 8,
-                 maxnreg: int | None = None, cols: int = 256) -> torch.Tensor:  # fmt: skip
+                 maxnreg: int | None = None, cols: int = 256,
+                 reduce: bool = True) -> torch.Tensor:  # fmt: skip
     """y [1, N] = where(|x| > thresholds[seg], x, 0) @ weight_t; column tiles of ``cols``
     (256: 8 a lane, 16-byte loads; 128: 4 a lane, 8-byte loads); see the module docstring."""
     k, n = weight_t.shape
@@ -212,6 +224,7 @@ def cluster_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tens
     _cluster_gemv_kernel[(n // cols,)](
         x, weight_t, thr, y, n, k, e[0], e[1], thr.stride(0) if thr.shape[0] > 1 else 0,
         C=ctas, W=warps, BLOCK_K=block_k, STEPS=k // (ctas * warps * block_k), VEC=cols // 32,
+        REDUCE=int(reduce),
         num_warps=warps, num_ctas=ctas, **({"maxnreg": maxnreg} if maxnreg else {}),
     )  # fmt: skip
     return y
