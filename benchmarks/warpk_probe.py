@@ -6,6 +6,8 @@ cuBLAS and the package's kernel with the config ``kernels.json`` holds, in one p
 kernels.py's sequence protocol.
 
     python benchmarks/warpk_probe.py --cases gate_up:0.5 gate_up:0.7 --out /tmp/warpk.json
+    python benchmarks/warpk_probe.py --cases gate_up:0.5 down:0.5 --shapes '[]' --bounds \
+        --cluster '[[8, 2, 16, 128, 256], [16, 4, 16, 96, 128]]' --out /tmp/cluster.json
 """
 
 from __future__ import annotations
