@@ -279,6 +279,11 @@ def column_tiles(segment_ends: tuple, block_n: int) -> int:
     return tiles
 
 
+def _two_warp_dot(cfg) -> bool:
+    """One of ``_DOT_TILES_2WARP`` (dot tiles of fewer than 4 warps)."""
+    return bool(cfg.kwargs["USE_DOT"]) and cfg.num_warps < 4
+
+
 def _runs_bucket(cfg, mb: int) -> bool:
     """Whether a config may run M bucket mb: M >= 5 needs the dot path (BLOCK_K >= 16), M = 1
     the FMA paths, and of the FMA tiles M <= 2 runs only the wide ones (they won every M = 1,
@@ -289,7 +294,7 @@ def _runs_bucket(cfg, mb: int) -> bool:
     use_dot, wide = kw["USE_DOT"], kw.get("WIDE", 0)
     if mb >= 8 and (not use_dot or kw["BLOCK_K"] < 16):
         return False
-    if use_dot and cfg.num_warps < 4 and mb < 4:  # _DOT_TILES_2WARP
+    if mb < 4 and _two_warp_dot(cfg):
         return False
     if mb == 1 and use_dot:
         return False
@@ -322,11 +327,6 @@ def _prune_cached(
         return few
     many = _ranked(configs, segment_ends, k, mb, sb, elem, sms, many_splits=True)
     return few + tuple(c for c in many if c not in few)
-
-
-def _two_warp_dot(cfg) -> bool:
-    """One of ``_DOT_TILES_2WARP`` (dot tiles of fewer than 4 warps)."""
-    return bool(cfg.kwargs["USE_DOT"]) and cfg.num_warps < 4
 
 
 def _round_robin(scored: list) -> tuple[list, dict]:

@@ -380,12 +380,10 @@ def _tuned_config(x, weight_t, thresholds, ends, bias, mb, sb, atomic, activatio
         calls_for(c)[0]()  # launched once: its compiled kernel's register count
         return _LAST_REGISTERS[0]
 
-    def cap_variants(ranked: list) -> list:
-        # the first few, not only the fastest: a config that lost by a second wave may win
-        # with one CTA more per SM
-        return refinement_variants(ranked, n_regs)
-
     name = tuning_key(_device_name(x.device), x.dtype, x.shape[1], ends, mb, sb, atomic)
+    # the first few, not only the fastest, get capped variants: a config that lost by a
+    # second wave may win with one CTA more per SM
+    cap_variants = functools.partial(refinement_variants, n_regs=n_regs)
     cfg = choose_config(name, candidates, sequence_timer(calls_for), cap_variants)
     copies.clear()
     if not capturing():  # a call inside a capture got an untimed pick: not remembered
