@@ -23,9 +23,23 @@ run in the interpreter.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+
+
+def _sibling(name: str):
+    """A module of this folder (not a package: the probes load these files by path)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_stream_rows = _sibling("warpk_gluon")._stream_rows  # the K loop, shared with warpk_gluon.py
 
 
 @gluon.constexpr_function
@@ -174,21 +188,8 @@ def _cluster_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, E1, stride_thr,
     first = (rank_x * W + warp) * (STEPS * BLOCK_K)
     rows = gl.expand_dims(first, 1) + gl.expand_dims(j, 0)  # [W, BLOCK_K]
 
-    xv = gl.load(x_ptr + rows).to(gl.float32)
-    tv = gl.load(thr_row + rows)
-    kept = gl.abs(xv) > tv
-    xv = gl.where(kept, xv, 0.0)
-    acc = gl.zeros([W, TILE], gl.float32, LACC)
-    for _ in range(STEPS):
-        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=gl.expand_dims(kept, 2),
-                    other=0.0, eviction_policy="evict_first")  # fmt: skip
-        rows += BLOCK_K
-        nxt = rows < K
-        xn = gl.load(x_ptr + rows, mask=nxt, other=0.0).to(gl.float32)
-        tn = gl.load(thr_row + rows, mask=nxt, other=float("inf"))
-        acc += gl.sum(gl.expand_dims(xv, 2) * w.to(gl.float32), axis=1)
-        kept = gl.abs(xn) > tn
-        xv = gl.where(kept, xn, 0.0)
+    acc = _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, gl.zeros([W, TILE], gl.float32, LACC),
+                       N, K, BLOCK_K, STEPS)  # fmt: skip
     acc = acc + dummy.to(gl.float32)  # orders the arrive before the reduction asm
     warp_of = gl.zeros([W, TILE], gl.int32, LACC) + gl.expand_dims(gl.arange(0, W, layout=LWARP), 1)
     if REDUCE:

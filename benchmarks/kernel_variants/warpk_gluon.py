@@ -22,6 +22,31 @@ from triton.experimental.gluon import language as gl
 
 
 @gluon.jit
+def _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, acc, N, K, BLOCK_K: gl.constexpr,
+                 STEPS: gl.constexpr):  # fmt: skip
+    """The K loop both Gluon probes share (``cluster_gluon.py`` imports it): rows [W, BLOCK_K]
+    the warps' first rows, cols3 [1, 1, C] the tile's columns, acc [W, C] fp32; returns acc
+    plus, per warp, the sum over its STEPS steps of BLOCK_K rows of where(|x| > tau, x, 0) x
+    the weight rows, dropped rows never loaded. A step's x and thresholds are requested and
+    its mask computed before the previous step's weights are consumed."""
+    xv = gl.load(x_ptr + rows).to(gl.float32)
+    tv = gl.load(thr_row + rows)
+    kept = gl.abs(xv) > tv
+    xv = gl.where(kept, xv, 0.0)
+    for _ in range(STEPS):
+        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=gl.expand_dims(kept, 2),
+                    other=0.0, eviction_policy="evict_first")  # fmt: skip
+        rows += BLOCK_K
+        nxt = rows < K
+        xn = gl.load(x_ptr + rows, mask=nxt, other=0.0).to(gl.float32)
+        tn = gl.load(thr_row + rows, mask=nxt, other=float("inf"))
+        acc += gl.sum(gl.expand_dims(xv, 2) * w.to(gl.float32), axis=1)
+        kept = gl.abs(xn) > tn
+        xv = gl.where(kept, xn, 0.0)
+    return acc
+
+
+@gluon.jit
 def _warpk_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, stride_thr,
                        W: gl.constexpr, BLOCK_K: gl.constexpr, STEPS: gl.constexpr):  # fmt: skip
     """y[n0:n0 + 256] for column tile program_id(0); thresholds row 0 for columns < E0, row 1
@@ -39,21 +64,8 @@ def _warpk_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, N, K, E0, stride_thr,
     j = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, LX))
     rows = gl.expand_dims(warp * (STEPS * BLOCK_K), 1) + gl.expand_dims(j, 0)  # [W, BLOCK_K]
 
-    xv = gl.load(x_ptr + rows).to(gl.float32)
-    tv = gl.load(thr_row + rows)
-    kept = gl.abs(xv) > tv
-    xv = gl.where(kept, xv, 0.0)
-    acc = gl.zeros([W, 256], gl.float32, LACC)
-    for _ in range(STEPS):
-        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=gl.expand_dims(kept, 2),
-                    other=0.0, eviction_policy="evict_first")  # fmt: skip
-        rows += BLOCK_K
-        nxt = rows < K
-        xn = gl.load(x_ptr + rows, mask=nxt, other=0.0).to(gl.float32)
-        tn = gl.load(thr_row + rows, mask=nxt, other=float("inf"))
-        acc += gl.sum(gl.expand_dims(xv, 2) * w.to(gl.float32), axis=1)
-        kept = gl.abs(xn) > tn
-        xv = gl.where(kept, xn, 0.0)
+    acc = _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, gl.zeros([W, 256], gl.float32, LACC),
+                       N, K, BLOCK_K, STEPS)  # fmt: skip
     out = gl.sum(acc, axis=0)
     gl.store(y_ptr + cols, out.to(y_ptr.dtype.element_ty))
 
