@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,6 +88,52 @@ def kernels_json_config(model: str, shape: str, sparsity: float, m: int) -> dict
     return None
 
 
+class CaseInputs(NamedTuple):
+    """One case's inputs and baselines: x [M, K] and thresholds (Laplace activations, seed 1),
+    distinct bf16 weight copies weight_t [K, N] (3x L2, >= 4), bias, the fp32 masked
+    reference (bias added), the union of kept channels, cuBLAS's time over the same copies
+    (sequence protocol, µs) and the byte limit at the copy bandwidth (µs)."""
+
+    k: int
+    ends: tuple
+    x: object
+    thr: object
+    bias: object
+    w_ts: list
+    ref: object
+    union: float
+    cublas_us: float
+    limit_us: float
+
+
+def case_inputs(shape: tuple, m: int, sp: float, dev, copy_bw: float, modules=()) -> CaseInputs:
+    """``shape``: (K, segment ends, has bias) as ``kernels.model_shapes`` gives it; ``modules``:
+    kernel modules whose split-K workspace is reserved for it (outside any timing)."""
+    import torch
+    import torch.nn.functional as F
+    from gemv_bytes import masked_reference
+
+    from was_compile.kernels.graph_timing import copies_for, l2_bytes, sequence_ms
+    from was_compile.kernels.tuning import make_activations, make_weight_t
+
+    k, ends, has_bias = shape
+    n = ends[-1]
+    x, thr = make_activations(m, k, sp, torch.bfloat16, dev, len(ends), seed=1)
+    copies = copies_for(k * n * 2, l2_bytes(dev))
+    w_ts = [make_weight_t(n, k, torch.bfloat16, dev, seed=n + k + i) for i in range(copies)]
+    bias = torch.randn(n, device=dev, dtype=torch.bfloat16) if has_bias else None
+    for mod in modules:
+        mod.reserve_workspace_for(w_ts[0], ends)
+    ws = [w.t().contiguous() for w in w_ts]
+    cublas_us = sequence_ms([functools.partial(F.linear, x, w, bias) for w in ws]) * 1e3
+    del ws
+    ref, kept_bytes, union = masked_reference(x, thr, w_ts[0], ends)
+    if bias is not None:
+        ref += bias.float()
+    return CaseInputs(k, ends, x, thr, bias, w_ts, ref, union, cublas_us,
+                      kept_bytes / copy_bw * 1e6)  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, choices=list(MODELS))
@@ -110,15 +157,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
     import triton
-    from gemv_bytes import masked_reference
     from kernel_sass import load_kernel_module
     from timing import copy_bandwidth_Bps
 
     from was_compile.kernels import triton_sparse_gemv as base
-    from was_compile.kernels.graph_timing import copies_for, events_ms, l2_bytes, sequence_ms
-    from was_compile.kernels.tuning import make_activations, make_weight_t
+    from was_compile.kernels.graph_timing import events_ms, sequence_ms
 
     dev = torch.device("cuda")
     t0 = time.time()
@@ -141,21 +185,10 @@ def main(argv=None) -> int:
     for case in args.cases:
         shape, sp, m = case.split(":")
         sp, m = float(sp), int(m)
-        k, ends, has_bias = shapes[shape]
-        n = ends[-1]
-        x, thr = make_activations(m, k, sp, torch.bfloat16, dev, len(ends), seed=1)
-        copies = copies_for(k * n * 2, l2_bytes(dev))
-        w_ts = [make_weight_t(n, k, torch.bfloat16, dev, seed=n + k + i) for i in range(copies)]
-        bias = torch.randn(n, device=dev, dtype=torch.bfloat16) if has_bias else None
-        for mod in impls.values():
-            mod.reserve_workspace_for(w_ts[0], ends)
-        ws = [w.t().contiguous() for w in w_ts]
-        cublas_us = sequence_ms([functools.partial(F.linear, x, w, bias) for w in ws]) * 1e3
-        del ws
-        ref, kept_bytes, union = masked_reference(x, thr, w_ts[0], ends)
-        if bias is not None:
-            ref += bias.float()
-        limit_us = kept_bytes / copy_bw * 1e6
+        inputs = case_inputs(shapes[shape], m, sp, dev, copy_bw, impls.values())
+        x, thr, ends, bias, w_ts = inputs.x, inputs.thr, inputs.ends, inputs.bias, inputs.w_ts
+        ref, union, k = inputs.ref, inputs.union, inputs.k
+        cublas_us, limit_us = inputs.cublas_us, inputs.limit_us
         print(f"\n{args.model} {shape} M={m} {sp:.0%}: union {union:.3f}, cuBLAS "
               f"{cublas_us:.2f} us, limit {limit_us:.2f} us", flush=True)  # fmt: skip
         tuned = kernels_json_config(args.model, shape, sp, m)
@@ -203,7 +236,7 @@ def main(argv=None) -> int:
                 print(f"  variant / base, same config: median {statistics.median(ratios):.3f}, "
                       f"min {ratios[0]:.3f}, max {ratios[-1]:.3f} over {len(ratios)}; best "
                       f"{best_s}", flush=True)  # fmt: skip
-        del w_ts
+        del w_ts, inputs  # the weight copies: freed before the next case
         torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,

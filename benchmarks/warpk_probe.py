@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from config_sweep import kernels_json_config  # noqa: E402
+from config_sweep import case_inputs, kernels_json_config  # noqa: E402
 from kernels import model_shapes  # noqa: E402
 
 VARIANTS = ROOT / "benchmarks" / "kernel_variants"
@@ -55,14 +55,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
     import triton
-    from gemv_bytes import masked_reference
     from timing import copy_bandwidth_Bps
 
     from was_compile.kernels import triton_sparse_gemv as base
-    from was_compile.kernels.graph_timing import copies_for, events_ms, l2_bytes, sequence_ms
-    from was_compile.kernels.tuning import make_activations, make_weight_t
+    from was_compile.kernels.graph_timing import events_ms, sequence_ms
 
     wk = load_variant("warpk_gluon")
     cl = load_variant("cluster_gluon")
@@ -75,17 +72,11 @@ def main(argv=None) -> int:
     for case in args.cases:
         shape, sp = case.split(":")
         sp = float(sp)
-        k, ends, _ = shapes[shape]
-        n = ends[-1]
-        x, thr = make_activations(1, k, sp, torch.bfloat16, dev, len(ends), seed=1)
-        copies = copies_for(k * n * 2, l2_bytes(dev))
-        w_ts = [make_weight_t(n, k, torch.bfloat16, dev, seed=n + k + i) for i in range(copies)]
-        base.reserve_workspace_for(w_ts[0], ends)
-        ws = [w.t().contiguous() for w in w_ts]
-        cublas_us = sequence_ms([functools.partial(F.linear, x, w) for w in ws]) * 1e3
-        del ws
-        ref, kept_bytes, union = masked_reference(x, thr, w_ts[0], ends)
-        limit_us = kept_bytes / copy_bw * 1e6
+        inputs = case_inputs(shapes[shape], 1, sp, dev, copy_bw, [base])
+        if inputs.bias is not None:
+            raise SystemExit(f"{args.model} {shape} has a bias: the Gluon probes take none")
+        x, thr, ends, w_ts, ref = inputs.x, inputs.thr, inputs.ends, inputs.w_ts, inputs.ref
+        cublas_us, limit_us, union = inputs.cublas_us, inputs.limit_us, inputs.union
         print(f"\n{args.model} {shape} M=1 {sp:.0%}: cuBLAS {cublas_us:.2f} us, limit "
               f"{limit_us:.2f} us", flush=True)  # fmt: skip
         impls = []
@@ -125,7 +116,7 @@ def main(argv=None) -> int:
                          "union_kept": union, "impl": name, "us": us, "cublas_us": cublas_us,
                          "limit_us": limit_us, "speedup_vs_cublas": cublas_us / us,
                          "max_rel_err": err})  # fmt: skip
-        del w_ts
+        del w_ts, inputs  # the weight copies: freed before the next case
         torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
