@@ -54,13 +54,15 @@ CHUNKS = (64, 128, 256, 512, 1024, 2048, 4096)
 MAX_REL_ERR = 2e-2
 
 
-def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(0, 1),
+def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=None,
          k_iters=None, caps=(0,), path: str | None = None) -> list:  # fmt: skip
     """The configs timed for K channels and M rows: ``path`` "dot" or "wide" (default: dot for
     M >= 5, else wide tiles); ``k_iters`` (wide tiles) replaces the chunk list by steps per
-    CTA; ``caps``: register caps (0: none)."""
+    CTA; ``compacts``: COMPACT values (default 0 and 1 on the dot path, 0 on the wide one);
+    ``caps``: register caps (0: none)."""
     out = []
     if (path or ("dot" if m >= 5 else "wide")) == "dot":
+        compacts = (0, 1) if compacts is None else [c for c in compacts if c != 2]
         for (bn, bk, w), chunk, st, compact in itertools.product(tiles, chunks, stages, compacts):
             if chunk < bk or chunk > 2 * k or (compact and m * chunk > 32 * 32 * w):
                 continue  # COMPACT holds M x CHUNK of x in registers (``_fits_registers``)
@@ -68,11 +70,13 @@ def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=(
                         "COMPACT": compact, "num_warps": w, "num_stages": st})  # fmt: skip
     else:
         wide_tiles = WIDE_TILES if tiles is DOT_TILES else tiles
-        for (bn, bk, w), n in itertools.product(wide_tiles, k_iters or (32, 64, 128, 256, 512)):
+        lengths = k_iters or (32, 64, 128, 256, 512)
+        for (bn, bk, w), n, compact in itertools.product(wide_tiles, lengths, compacts or (0,)):
             iters = n if k_iters else n // bk
-            if iters >= 1:
+            if iters >= 1 and not (compact == 2 and bk * iters > 512):  # MAX_SORTED
                 out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": iters, "USE_DOT": 0,
-                            "COMPACT": 0, "WIDE": 1, "num_warps": w, "num_stages": 1})  # fmt: skip
+                            "COMPACT": compact, "WIDE": 1, "num_warps": w,
+                            "num_stages": 1})  # fmt: skip
     return [{**c, "maxnreg": cap} if cap else c for c in out for cap in caps]
 
 
@@ -148,7 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--caps", default="[0]", help="JSON list of register caps (0: none)")
     p.add_argument("--path", choices=["dot", "wide"], default=None,
                    help="kernel path of the grid (default: dot at M >= 5, else wide)")  # fmt: skip
-    p.add_argument("--compact", default="[0, 1]", help="JSON list of COMPACT values")
+    p.add_argument("--compact", default=None,
+                   help="JSON list of COMPACT values (default [0, 1] dot, [0] wide)")  # fmt: skip
     p.add_argument("--kernel-file", default=None,
                    help="a modified copy of triton_sparse_gemv.py: every config is timed with "
                    "it too (rows say which: impl base / variant)")  # fmt: skip
@@ -173,7 +178,7 @@ def main(argv=None) -> int:
         [tuple(t) for t in json.loads(args.tiles)] if args.tiles else DOT_TILES,
         json.loads(args.chunks) if args.chunks else CHUNKS,
         json.loads(args.stages),
-        json.loads(args.compact),
+        json.loads(args.compact) if args.compact else None,
         json.loads(args.k_iters) if args.k_iters else None,
         json.loads(args.caps),
         args.path,

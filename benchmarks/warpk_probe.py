@@ -1,13 +1,16 @@
 """GPU probe: M = 1 sparse GEMVs in Gluon whose split-K sum avoids L2 atomics (kernel_notes
-sections 20-21): ``kernel_variants/warpk_gluon.py`` (one CTA per 256-column tile, its warps
-splitting K, summed in shared memory) and ``kernel_variants/cluster_gluon.py`` (a cluster of
-CTAs per tile, summed in CTA 0's shared memory through distributed shared memory), beside
+sections 20-22): ``kernel_variants/warpk_gluon.py`` (one CTA per 256-column tile, its warps
+splitting K, summed in shared memory), ``kernel_variants/cluster_gluon.py`` (a cluster of
+CTAs per tile, summed in CTA 0's shared memory through distributed shared memory) and
+``kernel_variants/balanced_gluon.py`` (one CTA per SM over balanced column ranges), beside
 cuBLAS and the package's kernel with the config ``kernels.json`` holds, in one process with
 kernels.py's sequence protocol.
 
     python benchmarks/warpk_probe.py --cases gate_up:0.5 gate_up:0.7 --out /tmp/warpk.json
     python benchmarks/warpk_probe.py --cases gate_up:0.5 down:0.5 --shapes '[]' --bounds \
         --cluster '[[8, 2, 16, 128, 256], [16, 4, 16, 96, 128]]' --out /tmp/cluster.json
+    python benchmarks/warpk_probe.py --cases gate_up:0.5 --shapes '[]' \
+        --balanced '[[-1, 32, 8, 256, 0]]' --out /tmp/balanced.json
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ def main(argv=None) -> int:
                    help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--cluster", default="[]",
                    help="cluster: JSON [[CTAs, warps, BLOCK_K(, cap or 0, cols)]]")  # fmt: skip
+    p.add_argument("--balanced", default="[]",
+                   help="balanced: JSON [[CTAs (-n: n x the SM count), warps, BLOCK_K, cols, "
+                   "interleave]]")  # fmt: skip
     p.add_argument(
         "--bounds",
         action="store_true",
@@ -63,6 +69,7 @@ def main(argv=None) -> int:
 
     wk = load_variant("warpk_gluon")
     cl = load_variant("cluster_gluon")
+    bal = load_variant("balanced_gluon")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
@@ -101,6 +108,13 @@ def main(argv=None) -> int:
             if args.bounds:  # the same kernel without its reduction: wrong output, a bound
                 impls.append((name + (f" maxnreg={cap}" if cap else "") + " NO-REDUCTION",
                               functools.partial(fn, reduce=False)))  # fmt: skip
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        for ctas, warps, bk, cols, inter in json.loads(args.balanced):
+            ctas = -ctas * sms if ctas < 0 else ctas
+            fn = functools.partial(bal.balanced_gemv, ctas=ctas, warps=warps, block_k=bk,
+                                   cols=cols, interleave=bool(inter))  # fmt: skip
+            name = f"balanced P={ctas} W={warps} BLOCK_K={bk} cols={cols} interleave={inter}"
+            impls.append((name, fn))
         for name, fn in impls:
             try:
                 y = fn(x, w_ts[0], thr, ends)
