@@ -62,7 +62,7 @@ def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=N
     ``caps``: register caps (0: none)."""
     out = []
     if (path or ("dot" if m >= 5 else "wide")) == "dot":
-        compacts = (0, 1) if compacts is None else [c for c in compacts if c != 2]
+        compacts = (0, 1) if compacts is None else compacts
         for (bn, bk, w), chunk, st, compact in itertools.product(tiles, chunks, stages, compacts):
             if chunk < bk or chunk > 2 * k or (compact and m * chunk > 32 * 32 * w):
                 continue  # COMPACT holds M x CHUNK of x in registers (``_fits_registers``)
@@ -73,7 +73,7 @@ def grid(k: int, m: int, tiles=DOT_TILES, chunks=CHUNKS, stages=(3,), compacts=N
         lengths = k_iters or (32, 64, 128, 256, 512)
         for (bn, bk, w), n, compact in itertools.product(wide_tiles, lengths, compacts or (0,)):
             iters = n if k_iters else n // bk
-            if iters >= 1 and not (compact == 2 and bk * iters > 512):  # MAX_SORTED
+            if iters >= 1:
                 out.append({"BLOCK_N": bn, "BLOCK_K": bk, "K_ITERS": iters, "USE_DOT": 0,
                             "COMPACT": compact, "WIDE": 1, "num_warps": w,
                             "num_stages": 1})  # fmt: skip

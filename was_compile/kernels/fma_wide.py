@@ -75,28 +75,6 @@ def _wide_out(acc, odd, PACKED: tl.constexpr):
 
 
 @triton.jit
-def _kept_in_registers(x_ptr, thr_ptr, M, K, stride_xm, k_start, BLOCK_M: tl.constexpr,
-                       CHUNK: tl.constexpr):  # fmt: skip
-    """COMPACT = 2, once per CTA: ([CHUNK] int32 whose first ``count`` entries are the
-    channels of [k_start, k_start + CHUNK) kept by at least one row, in increasing order;
-    count). A sort of the keys channel (kept) or channel + CHUNK (dropped): no scratch
-    buffer, no store and read-back through memory, so a step's weight addresses come from
-    registers (``_listed_channels``) and the x loads of the loop hit L1 (loaded here)."""
-    offs = k_start + tl.arange(0, CHUNK)
-    thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs, offs < K, M, stride_xm, BLOCK_M)
-    kept, _, _, _, _ = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
-    order = tl.sort(tl.where(kept, offs, offs + CHUNK))
-    return order, tl.sum(kept.to(tl.int32), axis=0)
-
-
-@triton.jit
-def _listed_channels(order, count, j, CHUNK: tl.constexpr):
-    """Entries j of the kept list (channels) and whether they exist."""
-    ok = j < count
-    return tl.gather(order, tl.minimum(j, CHUNK - 1), axis=0), ok
-
-
-@triton.jit
 def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k_start, n0,
                    n_end, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    K_ITERS: tl.constexpr, COMPACT: tl.constexpr,
@@ -104,9 +82,8 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
     """Partial sums [BLOCK_M, BLOCK_N] (fp32) of columns [n0, n0 + BLOCK_N) over this CTA's
     chunk of BLOCK_K * K_ITERS channels starting at k_start (rows >= M are zero).
 
-    COMPACT (1: a kept-channel list in the scratch buffer, 2: in registers): the loop runs
-    cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the instructions) follow the
-    kept rows. 16-bit weights with segment ends that are multiples
+    COMPACT: the loop runs cdiv(kept count, BLOCK_K) steps, not K_ITERS: the work (and the
+    instructions) follow the kept rows. 16-bit weights with segment ends that are multiples
     of 16 are loaded as int32 column pairs (PACKED)."""
     CHUNK: tl.constexpr = BLOCK_K * K_ITERS
     PACKED: tl.constexpr = SEG_ALIGNED and w_ptr.dtype.element_ty != tl.float32
@@ -124,12 +101,7 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         q_mask = offs_q < n_end
         ACC_N: tl.constexpr = BLOCK_N
     j = tl.arange(0, BLOCK_K)
-    if COMPACT == 2:  # the chunk's kept channels, in order, held in registers
-        order, count = _kept_in_registers(x_ptr, thr_ptr, M, K, stride_xm, k_start, BLOCK_M,
-                                          CHUNK)  # fmt: skip
-        offs_k, ok = _listed_channels(order, count, j, CHUNK)
-    else:
-        offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+    offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
     thr, r0, r1, r2, r3 = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
     kept, x0, x1, x2, x3 = keep_rows(thr, r0, r1, r2, r3, BLOCK_M)
     acc0 = tl.zeros([ACC_N], dtype=tl.float32)  # even columns when PACKED
@@ -151,10 +123,7 @@ def _fma_tile_wide(x_ptr, w_ptr, thr_ptr, list_ptr, count, M, N, K, stride_xm, k
         # the next step's rows are requested and its mask computed while this step's weights
         # are in flight (past the chunk nothing is kept: the last request reads nothing)
         j += BLOCK_K
-        if COMPACT == 2:
-            offs_k, ok = _listed_channels(order, count, j, CHUNK)
-        else:
-            offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
+        offs_k, ok = step_channels(list_ptr, count, K, k_start, j, CHUNK, COMPACT)
         thr, r0n, r1n, r2n, r3n = load_rows(x_ptr, thr_ptr, offs_k, ok, M, stride_xm, BLOCK_M)
         kept, y0, y1, y2, y3 = keep_rows(thr, r0n, r1n, r2n, r3n, BLOCK_M)
         acc0, odd0 = _wide_acc(acc0, odd0, x0, w, PACKED, IS_BF16)

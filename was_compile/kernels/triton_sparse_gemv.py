@@ -301,7 +301,7 @@ def _sparse_gemv_kernel(
     n_mask = offs_n < n_end
     k_start = pid_k * (BLOCK_K * K_ITERS)
     thr_row = thr_ptr + seg * stride_thr
-    if COMPACT == 1:
+    if COMPACT:
         list_ptr = list_base + (pid_k * tl.num_programs(0) + pid_n) * (BLOCK_K * K_ITERS)
         count = _compact_chunk(x_ptr, thr_row, list_ptr, M, K, stride_xm, k_start,
                                M_BUCKET, BLOCK_K * K_ITERS)  # fmt: skip
@@ -336,9 +336,6 @@ def _sparse_gemv_kernel(
         tl.store(nsplit_ptr, tl.num_programs(1), mask=(pid_n == 0) & (pid_k == 0))
 
 
-# COMPACT = 2 sorts the chunk's channels in registers (fma_wide._kept_in_registers): the sort
-# grows as CHUNK log^2 CHUNK per CTA, and a 1-warp CTA holds CHUNK / 32 keys a lane
-MAX_SORTED = 512
 _LAST_CONFIG: list = [None]  # the config of the most recent launch
 _LAST_REGISTERS: list = [None]  # registers per thread of its compiled kernel (GPU only)
 # (segment ends, K, M bucket, sparsity bucket, dtype, atomic, device) -> chosen config
@@ -480,7 +477,7 @@ def _sizes_for(configs, ends: tuple, k: int) -> tuple:
         tiles = column_tiles(ends, kw["BLOCK_N"])
         max_splits = max(max_splits, splits)
         max_tiles = max(max_tiles, tiles)
-        if kw.get("COMPACT", 0) == 1:
+        if kw.get("COMPACT", 0):
             max_list = max(max_list, tiles * splits * kw["BLOCK_K"] * kw["K_ITERS"])
     return max_splits, max_list, max_tiles
 
@@ -594,11 +591,6 @@ def sparse_gemv(
         if meta["USE_DOT"] or mb > 4:
             _fail("config: WIDE (wide FMA tiles) needs USE_DOT = 0 and M <= 4")
         meta["WIDE"] = wide
-    if meta["COMPACT"] not in (0, 1, 2):
-        _fail(f"config: COMPACT must be 0, 1 or 2, got {meta['COMPACT']}")
-    if meta["COMPACT"] == 2 and (not wide or meta["BLOCK_K"] * meta["K_ITERS"] > MAX_SORTED):
-        _fail("config: COMPACT = 2 (kept list in registers) needs WIDE = 1 and BLOCK_K * "
-              f"K_ITERS <= {MAX_SORTED}")  # fmt: skip
     pow2 = [meta["BLOCK_N"], meta["BLOCK_K"]]
     if meta["COMPACT"]:
         pow2.append(meta["BLOCK_K"] * meta["K_ITERS"])
