@@ -42,6 +42,11 @@ def test_wide_grid_steps_and_caps(sweep):
     default = sweep.grid(4096, 2)  # chunks 32..512 over WIDE_TILES
     assert {(c["BLOCK_N"], c["BLOCK_K"], c["num_warps"]) for c in default} == set(sweep.WIDE_TILES)
     assert {c["BLOCK_K"] * c["K_ITERS"] for c in default} == {32, 64, 128, 256, 512}
+    assert {c["COMPACT"] for c in default} == {0}  # masked only, unless COMPACT values given
+    both = sweep.grid(4096, 1, tiles, k_iters=[8], compacts=(0, 1))
+    assert sorted((c["BLOCK_N"], c["COMPACT"]) for c in both) == [
+        (256, 0), (256, 1), (512, 0), (512, 1),
+    ]  # fmt: skip
 
 
 def test_path_overrides_the_bucket_default(sweep):
