@@ -17,9 +17,20 @@ multiples of 8, K a multiple of W x BLOCK_K. Gluon kernels do not run in the int
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+
+# the K loop, shared with warpk_gluon.py (a file beside this one, not a package module)
+_spec = importlib.util.spec_from_file_location(
+    "warpk_gluon", Path(__file__).with_name("warpk_gluon.py")
+)
+_warpk = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_warpk)
+_stream_rows = _warpk._stream_rows
 
 _RANGES: dict = {}  # (ends, ctas, device) -> (widest range, int32 [P, 4] rows c0, c1, seg, 0)
 
@@ -38,31 +49,6 @@ def column_ranges(ends: tuple, ctas: int, vec: int = 8) -> list[tuple[int, int, 
         for i in range(p):
             out.append((s + vec * (vecs * i // p), s + vec * (vecs * (i + 1) // p), seg))
     return out
-
-
-@gluon.jit
-def _stream_range(x_ptr, w_ptr, thr_row, rows, cols3, cmask3, acc, N, K,
-                  BLOCK_K: gl.constexpr, STEPS: gl.constexpr):  # fmt: skip
-    """warpk_gluon._stream_rows with a column mask: acc [W, TILE] += per warp, over its STEPS
-    steps of BLOCK_K rows, where(|x| > tau, x, 0) x the weight rows (dropped rows and the
-    columns past the range never loaded). A step's x, thresholds and mask are requested
-    before the previous step's weights are consumed."""
-    xv = gl.load(x_ptr + rows).to(gl.float32)
-    tv = gl.load(thr_row + rows)
-    kept = gl.abs(xv) > tv
-    xv = gl.where(kept, xv, 0.0)
-    for _ in range(STEPS):
-        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3,
-                    mask=gl.expand_dims(kept, 2) & cmask3, other=0.0,
-                    eviction_policy="evict_first")  # fmt: skip
-        rows += BLOCK_K
-        nxt = rows < K
-        xn = gl.load(x_ptr + rows, mask=nxt, other=0.0).to(gl.float32)
-        tn = gl.load(thr_row + rows, mask=nxt, other=float("inf"))
-        acc += gl.sum(gl.expand_dims(xv, 2) * w.to(gl.float32), axis=1)
-        kept = gl.abs(xn) > tn
-        xv = gl.where(kept, xn, 0.0)
-    return acc
 
 
 @gluon.jit
@@ -92,12 +78,12 @@ def _balanced_gemv_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, ranges_ptr, N, K, stride
     acc = gl.zeros([W, TILE], gl.float32, LACC)
     if INTERLEAVE:
         rows = gl.expand_dims(warp * BLOCK_K, 1) + gl.expand_dims(j, 0)
-        acc = _stream_range(x_ptr, w_ptr, thr_row, rows, cols3, cmask3, acc, N, K,
-                            W * BLOCK_K, STEPS)  # fmt: skip
+        acc = _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, acc, N, K, W * BLOCK_K, STEPS,
+                           cmask3)  # fmt: skip
     else:
         rows = gl.expand_dims(warp * (STEPS * BLOCK_K), 1) + gl.expand_dims(j, 0)
-        acc = _stream_range(x_ptr, w_ptr, thr_row, rows, cols3, cmask3, acc, N, K, BLOCK_K,
-                            STEPS)  # fmt: skip
+        acc = _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, acc, N, K, BLOCK_K, STEPS,
+                           cmask3)  # fmt: skip
     out = gl.sum(acc, axis=0)
     gl.store(y_ptr + cols, out.to(y_ptr.dtype.element_ty), mask=cmask)
 

@@ -23,19 +23,23 @@ from triton.experimental.gluon import language as gl
 
 @gluon.jit
 def _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, acc, N, K, BLOCK_K: gl.constexpr,
-                 STEPS: gl.constexpr):  # fmt: skip
-    """The K loop both Gluon probes share (``cluster_gluon.py`` imports it): rows [W, BLOCK_K]
-    the warps' first rows, cols3 [1, 1, C] the tile's columns, acc [W, C] fp32; returns acc
-    plus, per warp, the sum over its STEPS steps of BLOCK_K rows of where(|x| > tau, x, 0) x
-    the weight rows, dropped rows never loaded. A step's x and thresholds are requested and
-    its mask computed before the previous step's weights are consumed."""
+                 STEPS: gl.constexpr, cmask3=None):  # fmt: skip
+    """The K loop the Gluon probes share (``cluster_gluon.py`` and ``balanced_gluon.py``
+    import it): rows [W, BLOCK_K] the warps' first rows, cols3 [1, 1, C] the tile's columns,
+    acc [W, C] fp32, cmask3 [1, 1, C] the columns to load (None: all); returns acc plus, per
+    warp, the sum over its STEPS steps of BLOCK_K rows of where(|x| > tau, x, 0) x the
+    weight rows, dropped rows never loaded. A step's x and thresholds are requested and its
+    mask computed before the previous step's weights are consumed."""
     xv = gl.load(x_ptr + rows).to(gl.float32)
     tv = gl.load(thr_row + rows)
     kept = gl.abs(xv) > tv
     xv = gl.where(kept, xv, 0.0)
     for _ in range(STEPS):
-        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=gl.expand_dims(kept, 2),
-                    other=0.0, eviction_policy="evict_first")  # fmt: skip
+        load_mask = gl.expand_dims(kept, 2)
+        if cmask3 is not None:
+            load_mask = load_mask & cmask3
+        w = gl.load(w_ptr + gl.expand_dims(rows, 2) * N + cols3, mask=load_mask, other=0.0,
+                    eviction_policy="evict_first")  # fmt: skip
         rows += BLOCK_K
         nxt = rows < K
         xn = gl.load(x_ptr + rows, mask=nxt, other=0.0).to(gl.float32)
