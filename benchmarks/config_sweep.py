@@ -138,6 +138,20 @@ def case_inputs(shape: tuple, m: int, sp: float, dev, copy_bw: float, modules=()
                       kept_bytes / copy_bw * 1e6)  # fmt: skip
 
 
+def write_results(out: str, rows: list, copy_bw: float, t0: float, timing: str) -> None:
+    """Write {"meta": device, versions, copy bandwidth, command, elapsed s, timing; "rows"}
+    to ``out`` (JSON) and say so."""
+    import torch
+    import triton
+
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
+            "command": " ".join(sys.argv), "elapsed_s": time.time() - t0,
+            "timing": timing}  # fmt: skip
+    Path(out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, choices=list(MODELS))
@@ -162,7 +176,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import triton
     from kernel_sass import load_kernel_module
     from timing import copy_bandwidth_Bps
 
@@ -243,12 +256,8 @@ def main(argv=None) -> int:
                       f"{best_s}", flush=True)  # fmt: skip
         del w_ts, inputs  # the weight copies: freed before the next case
         torch.cuda.empty_cache()
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
-            "command": " ".join(sys.argv), "elapsed_s": time.time() - t0,
-            "timing": "sequence protocol (kernels.py), bf16, explicit configs"}  # fmt: skip
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, rows, copy_bw, t0, "sequence protocol (kernels.py), bf16, explicit "
+                  "configs")  # fmt: skip
     return 0
 
 

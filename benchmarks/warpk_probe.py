@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from config_sweep import case_inputs, kernels_json_config  # noqa: E402
+from config_sweep import case_inputs, kernels_json_config, write_results  # noqa: E402
 from kernels import model_shapes  # noqa: E402
 
 VARIANTS = ROOT / "benchmarks" / "kernel_variants"
@@ -61,7 +61,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import triton
     from timing import copy_bandwidth_Bps
 
     from was_compile.kernels import triton_sparse_gemv as base
@@ -75,6 +74,7 @@ def main(argv=None) -> int:
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
     copy_bw = copy_bandwidth_Bps(dev, lambda fn: events_ms(fn, reps=5, rounds=7))
     print(f"copy {copy_bw / 1e12:.2f} TB/s", flush=True)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
     rows = []
     for case in args.cases:
         shape, sp = case.split(":")
@@ -108,7 +108,6 @@ def main(argv=None) -> int:
             if args.bounds:  # the same kernel without its reduction: wrong output, a bound
                 impls.append((name + (f" maxnreg={cap}" if cap else "") + " NO-REDUCTION",
                               functools.partial(fn, reduce=False)))  # fmt: skip
-        sms = torch.cuda.get_device_properties(dev).multi_processor_count
         for ctas, warps, bk, cols, inter in json.loads(args.balanced):
             ctas = -ctas * sms if ctas < 0 else ctas
             fn = functools.partial(bal.balanced_gemv, ctas=ctas, warps=warps, block_k=bk,
@@ -132,12 +131,7 @@ def main(argv=None) -> int:
                          "max_rel_err": err})  # fmt: skip
         del w_ts, inputs  # the weight copies: freed before the next case
         torch.cuda.empty_cache()
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-            "triton": triton.__version__, "copy_bandwidth_Bps": copy_bw,
-            "command": " ".join(sys.argv), "elapsed_s": time.time() - t0,
-            "timing": "sequence protocol (kernels.py), bf16"}  # fmt: skip
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, rows, copy_bw, t0, "sequence protocol (kernels.py), bf16")
     return 0
 
 
