@@ -53,6 +53,11 @@ def main(argv=None) -> int:
                    help="balanced: JSON [[CTAs (-n: n x the SM count), warps, BLOCK_K, cols, "
                    "interleave]]")  # fmt: skip
     p.add_argument(
+        "--fullk",
+        default="[]",
+        help="fullk_narrow: JSON [[BLOCK_N, BLOCK_K, COMPACT, register cap or 0(, list block)]]",
+    )
+    p.add_argument(
         "--bounds",
         action="store_true",
         help="also time each cluster config without its reduction (wrong output)",
@@ -69,6 +74,7 @@ def main(argv=None) -> int:
     wk = load_variant("warpk_gluon")
     cl = load_variant("cluster_gluon")
     bal = load_variant("balanced_gluon")
+    fk = load_variant("fullk_narrow")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
@@ -113,6 +119,14 @@ def main(argv=None) -> int:
             fn = functools.partial(bal.balanced_gemv, ctas=ctas, warps=warps, block_k=bk,
                                    cols=cols, interleave=bool(inter))  # fmt: skip
             name = f"balanced P={ctas} W={warps} BLOCK_K={bk} cols={cols} interleave={inter}"
+            impls.append((name, fn))
+        for bn, bk, compact, cap, *lb in json.loads(args.fullk):
+            lb = lb[0] if lb else 512
+            fn = functools.partial(fk.fullk_gemv, block_n=bn, block_k=bk, compact=compact,
+                                   maxnreg=cap or None, list_block=lb)  # fmt: skip
+            name = f"fullk BLOCK_N={bn} BLOCK_K={bk} COMPACT={compact}"
+            name += f" list_block={lb}" if compact else ""
+            name += f" maxnreg={cap}" if cap else ""
             impls.append((name, fn))
         for name, fn in impls:
             try:
