@@ -53,6 +53,11 @@ def main(argv=None) -> int:
                    help="balanced: JSON [[CTAs (-n: n x the SM count), warps, BLOCK_K, cols, "
                    "interleave]]")  # fmt: skip
     p.add_argument(
+        "--narrow",
+        default="[]",
+        help="narrow_gluon: JSON [[columns, warps, BLOCK_K, register cap or 0]]",
+    )
+    p.add_argument(
         "--fullk",
         default="[]",
         help="fullk_narrow: JSON [[BLOCK_N, BLOCK_K, COMPACT, register cap or 0(, list block)]]",
@@ -75,6 +80,7 @@ def main(argv=None) -> int:
     cl = load_variant("cluster_gluon")
     bal = load_variant("balanced_gluon")
     fk = load_variant("fullk_narrow")
+    nw = load_variant("narrow_gluon")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
@@ -120,6 +126,11 @@ def main(argv=None) -> int:
                                    cols=cols, interleave=bool(inter))  # fmt: skip
             name = f"balanced P={ctas} W={warps} BLOCK_K={bk} cols={cols} interleave={inter}"
             impls.append((name, fn))
+        for cols, warps, bk, cap in json.loads(args.narrow):
+            fn = functools.partial(nw.narrow_gemv, cols=cols, warps=warps, block_k=bk,
+                                   maxnreg=cap or None)  # fmt: skip
+            name = f"narrow C={cols} W={warps} BLOCK_K={bk}"
+            impls.append((name + (f" maxnreg={cap}" if cap else ""), fn))
         for bn, bk, compact, cap, *lb in json.loads(args.fullk):
             lb = lb[0] if lb else 512
             fn = functools.partial(fk.fullk_gemv, block_n=bn, block_k=bk, compact=compact,
