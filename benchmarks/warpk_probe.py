@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--fullk",
         default="[]",
-        help="fullk_narrow: JSON [[BLOCK_N, BLOCK_K, COMPACT, register cap or 0(, list block)]]",
+        help="fullk_narrow: JSON [[BLOCK_N, BLOCK_K, mode (0 masked, 1 COMPACT, "
+        "2 masked PIPE=2), register cap or 0(, list block)]]",
     )
     p.add_argument(
         "--bounds",
@@ -131,12 +132,13 @@ def main(argv=None) -> int:
                                    maxnreg=cap or None)  # fmt: skip
             name = f"narrow C={cols} W={warps} BLOCK_K={bk}"
             impls.append((name + (f" maxnreg={cap}" if cap else ""), fn))
-        for bn, bk, compact, cap, *lb in json.loads(args.fullk):
+        for bn, bk, mode, cap, *lb in json.loads(args.fullk):
             lb = lb[0] if lb else 512
+            compact, pipe = (1, 1) if mode == 1 else (0, 2 if mode == 2 else 1)
             fn = functools.partial(fk.fullk_gemv, block_n=bn, block_k=bk, compact=compact,
-                                   maxnreg=cap or None, list_block=lb)  # fmt: skip
+                                   pipe=pipe, maxnreg=cap or None, list_block=lb)  # fmt: skip
             name = f"fullk BLOCK_N={bn} BLOCK_K={bk} COMPACT={compact}"
-            name += f" list_block={lb}" if compact else ""
+            name += f" list_block={lb}" if compact else (" PIPE=2" if pipe == 2 else "")
             name += f" maxnreg={cap}" if cap else ""
             impls.append((name, fn))
         for name, fn in impls:

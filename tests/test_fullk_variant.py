@@ -37,32 +37,33 @@ def _make(k, ends, dtype, seed, thr_scale=1.5):
     return x, w_t, thr
 
 
-CASES = [  # (K, segment ends, BLOCK_N, BLOCK_K, COMPACT, list block): odd K, several segments
-    (67, (32,), 32, 16, 0, 512),
-    (200, (64, 128), 32, 64, 1, 128),
-    (130, (16, 48, 64), 16, 32, 1, 64),
-    (130, (128,), 64, 128, 0, 512),
+CASES = [  # (K, segment ends, BLOCK_N, BLOCK_K, COMPACT, PIPE, list block): odd K, segments
+    (67, (32,), 32, 16, 0, 1, 512),
+    (200, (64, 128), 32, 64, 1, 1, 128),
+    (130, (16, 48, 64), 16, 32, 1, 1, 64),
+    (130, (128,), 64, 128, 0, 1, 512),
+    (100, (32, 64), 32, 16, 0, 2, 512),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", CASES)
 def test_fullk_matches_reference(dtype, case):
-    k, ends, bn, bk, compact, lb = case
+    k, ends, bn, bk, compact, pipe, lb = case
     x, w_t, thr = _make(k, ends, dtype, seed=k + bn)
     y = fullk.fullk_gemv(x, w_t, thr, ends, block_n=bn, block_k=bk, compact=compact,
-                         list_block=lb)  # fmt: skip
+                         pipe=pipe, list_block=lb)  # fmt: skip
     check(y, reference(x, w_t, thr, ends, None), x, k)
 
 
-@pytest.mark.parametrize("compact", [0, 1])
+@pytest.mark.parametrize("compact, pipe", [(0, 1), (0, 2), (1, 1)])
 @pytest.mark.parametrize("thr_scale", [0.0, 1e9])
-def test_fullk_none_and_all_dropped(compact, thr_scale):
+def test_fullk_none_and_all_dropped(compact, pipe, thr_scale):
     k, ends = 90, (32, 64)
     x, w_t, thr = _make(k, ends, torch.bfloat16, seed=7, thr_scale=thr_scale)
     thr -= 1.0 if thr_scale == 0.0 else 0.0  # below every |x|: nothing dropped
     y = fullk.fullk_gemv(x, w_t, thr, ends, block_n=32, block_k=32, compact=compact,
-                         list_block=64)  # fmt: skip
+                         pipe=pipe, list_block=64)  # fmt: skip
     ref = reference(x, w_t, thr, ends, None)
     check(y, ref, x, k)
     assert (ref == 0).all() == (thr_scale > 0)

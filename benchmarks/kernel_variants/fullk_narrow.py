@@ -17,7 +17,7 @@ rest of the warp down the rows; the step's rows are summed in-thread, then acros
 by shuffles). Masked steps read only the kept rows of their BLOCK_K channels, so the bytes in
 flight shrink with the sparsity; COMPACT = 1 first lists the kept channels (each CTA its own
 list in a global scratch buffer: the channels and their x) and every step then reads BLOCK_K
-kept rows.
+kept rows. PIPE = 2 (masked) requests a step's weights one step early: two steps in flight.
 
 Same semantics as the package's kernel at M = 1: keep[k] = |x[k]| > tau[seg, k] in fp32, x of
 a dropped channel zeroed, its weight row never loaded, fp32 accumulation, output in x's dtype.
@@ -69,8 +69,8 @@ def _list_kept(x_ptr, thr_ptr, idx_ptr, val_ptr, K: tl.constexpr, LB: tl.constex
 @triton.jit
 def _fullk_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, idx_ptr, val_ptr, stride_thr, E0, E1, E2,
                   N: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, COMPACT: tl.constexpr, LB: tl.constexpr,
-                  INTERPRET: tl.constexpr):  # fmt: skip
+                  BLOCK_K: tl.constexpr, COMPACT: tl.constexpr, PIPE: tl.constexpr,
+                  LB: tl.constexpr, INTERPRET: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     n0 = pid * BLOCK_N
     seg = (n0 >= E0).to(tl.int32) + (n0 >= E1).to(tl.int32) + (n0 >= E2).to(tl.int32)
@@ -96,7 +96,22 @@ def _fullk_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, idx_ptr, val_ptr, stride_thr, E0
             x_n = tl.load(val_ptr + nxt, mask=ok, other=0.0)
             acc += tl.sum(xk[:, None] * w.to(tl.float32), axis=0)
             xk = x_n
-    else:
+    elif PIPE == 2:  # masked, two steps of weights in flight (as section 17's WIDE = 2)
+        kept, xk = _step(x_ptr, thr_row, j, K)
+        w = tl.load(w_cols + j[:, None] * N, mask=kept[:, None] & n_mask[None, :], other=0.0,
+                    eviction_policy="evict_first")  # fmt: skip
+        kept1, x1 = _step(x_ptr, thr_row, j + BLOCK_K, K)
+        for i in range((K + BLOCK_K - 1) // BLOCK_K):
+            offs1 = (i + 1) * BLOCK_K + j
+            w1 = tl.load(w_cols + offs1[:, None] * N, mask=kept1[:, None] & n_mask[None, :],
+                         other=0.0, eviction_policy="evict_first")  # fmt: skip
+            kept2, x2 = _step(x_ptr, thr_row, offs1 + BLOCK_K, K)
+            acc += tl.sum(xk[:, None] * w.to(tl.float32), axis=0)
+            w = w1
+            xk = x1
+            kept1 = kept2
+            x1 = x2
+    else:  # masked, one step of weights in flight
         kept, xk = _step(x_ptr, thr_row, j, K)
         for i in range((K + BLOCK_K - 1) // BLOCK_K):
             offs_k = i * BLOCK_K + j
@@ -110,10 +125,12 @@ def _fullk_kernel(x_ptr, w_ptr, thr_ptr, y_ptr, idx_ptr, val_ptr, stride_thr, E0
 
 def fullk_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor, ends,
                block_n: int = 64, block_k: int = 64, warps: int = 1, compact: int = 0,
-               list_block: int = 512, maxnreg: int | None = None) -> torch.Tensor:  # fmt: skip
+               pipe: int = 1, list_block: int = 512,
+               maxnreg: int | None = None) -> torch.Tensor:  # fmt: skip
     """y [1, N] = (x * keep) @ weight_t for x [1, K], weight_t [K, N], thresholds [S, K] fp32,
     segment ends ``ends`` (S Python ints, the last = N, each a multiple of ``block_n``).
-    ``compact``: read the kept rows from a per-CTA list (int32 channel, fp32 x) built first."""
+    ``compact``: read the kept rows from a per-CTA list (int32 channel, fp32 x) built first;
+    else ``pipe`` = 2: request step i + 1's weight rows before step i's are consumed."""
     k, n = weight_t.shape
     if x.shape[0] != 1:
         raise ValueError("fullk_gemv takes M = 1")
@@ -133,7 +150,7 @@ def fullk_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     _fullk_kernel[(tiles,)](x, weight_t, thresholds, y, idx, val, thresholds.stride(0),
                             e[0], e[1], e[2], N=n, K=k, BLOCK_N=block_n, BLOCK_K=block_k,
-                            COMPACT=compact, LB=list_block, INTERPRET=interpret,
+                            COMPACT=compact, PIPE=pipe, LB=list_block, INTERPRET=interpret,
                             **kw)  # fmt: skip
     return y
 
