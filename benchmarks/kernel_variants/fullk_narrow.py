@@ -6,9 +6,7 @@ WHOLE of K for it, so
 * no reduction across CTAs: no workspace, no atomics, no fence, no ticket; each CTA stores its
   own columns of y (section 20: the package's split-K epilogue costs 1.2-2.5 us a call);
 * every CTA reads the same kept rows (the mask is over channels, and every CTA sees all of
-  them), so the work is the same for every CTA: the loop-end tail can only come from DRAM
-  service, not from chunks with more kept rows (section 13: the chunk explains 40-75% of the
-  spread of the package's loop times);
+  them), so every CTA has the same work;
 * far fewer CTAs (gate+up at 64 columns: 448 instead of 3584), so a shorter launch.
 
 The price: few CTAs per SM, so each must keep many bytes in flight: BLOCK_K rows a step
