@@ -58,6 +58,16 @@ def main(argv=None) -> int:
         help="narrow_gluon: JSON [[columns, warps, BLOCK_K, register cap or 0]]",
     )
     p.add_argument(
+        "--package-caps",
+        default="[]",
+        help="also time the package's kernels.json config under these register caps",
+    )
+    p.add_argument(
+        "--tiled",
+        default="[]",
+        help="tiled_wide: JSON [[BLOCK_K, K_ITERS, register cap or 0(, 0: [K, N] layout)]]",
+    )
+    p.add_argument(
         "--fullk",
         default="[]",
         help="fullk_narrow: JSON [[BLOCK_N, BLOCK_K, mode (0 masked, 1 COMPACT, "
@@ -82,6 +92,7 @@ def main(argv=None) -> int:
     bal = load_variant("balanced_gluon")
     fk = load_variant("fullk_narrow")
     nw = load_variant("narrow_gluon")
+    tw = load_variant("tiled_wide")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
@@ -105,6 +116,10 @@ def main(argv=None) -> int:
             impls.append(
                 ("package " + json.dumps(cfg), functools.partial(base.sparse_gemv, config=cfg))
             )
+            for cap in json.loads(args.package_caps):
+                capped = {**cfg, "maxnreg": cap}
+                impls.append(("package " + json.dumps(capped),
+                              functools.partial(base.sparse_gemv, config=capped)))  # fmt: skip
         for warps, bk in json.loads(args.shapes):
             impls.append(
                 (
@@ -127,6 +142,12 @@ def main(argv=None) -> int:
                                    cols=cols, interleave=bool(inter))  # fmt: skip
             name = f"balanced P={ctas} W={warps} BLOCK_K={bk} cols={cols} interleave={inter}"
             impls.append((name, fn))
+        for bk, k_iters, cap, *lay in json.loads(args.tiled):
+            tiled = bool(lay[0]) if lay else True
+            fn = functools.partial(tw.tiled_gemv, block_k=bk, k_iters=k_iters,
+                                   maxnreg=cap or None, tiled=tiled)  # fmt: skip
+            name = f"{'tiled' if tiled else 'untiled'} 256x{bk}x{k_iters}"
+            impls.append((name + (f" maxnreg={cap}" if cap else ""), fn))
         for cols, warps, bk, cap in json.loads(args.narrow):
             fn = functools.partial(nw.narrow_gemv, cols=cols, warps=warps, block_k=bk,
                                    maxnreg=cap or None)  # fmt: skip
