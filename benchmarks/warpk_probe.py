@@ -44,7 +44,12 @@ def load_variant(name: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="Llama-3-8B")
-    p.add_argument("--cases", nargs="+", required=True, help="SHAPE:SPARSITY (M = 1)")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        required=True,
+        help="SHAPE:SPARSITY[:M] (M = 1 unless given; only --tiled-dot takes M > 1)",
+    )
     p.add_argument("--shapes", default="[[32, 8], [16, 16], [16, 8], [32, 4]]",
                    help="warpk: JSON list of [warps, BLOCK_K]")  # fmt: skip
     p.add_argument("--cluster", default="[]",
@@ -61,6 +66,11 @@ def main(argv=None) -> int:
         "--package-caps",
         default="[]",
         help="also time the package's kernels.json config under these register caps",
+    )
+    p.add_argument(
+        "--tiled-dot",
+        default="[]",
+        help="tiled_dot: JSON [[BLOCK_N, BLOCK_K, K_ITERS, warps, stages, cap or 0, tiled]]",
     )
     p.add_argument(
         "--tiled",
@@ -93,6 +103,7 @@ def main(argv=None) -> int:
     fk = load_variant("fullk_narrow")
     nw = load_variant("narrow_gluon")
     tw = load_variant("tiled_wide")
+    td = load_variant("tiled_dot")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}
@@ -101,17 +112,18 @@ def main(argv=None) -> int:
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     rows = []
     for case in args.cases:
-        shape, sp = case.split(":")
+        shape, sp, *m = case.split(":")
+        m = int(m[0]) if m else 1
         sp = float(sp)
-        inputs = case_inputs(shapes[shape], 1, sp, dev, copy_bw, [base])
+        inputs = case_inputs(shapes[shape], m, sp, dev, copy_bw, [base])
         if inputs.bias is not None:
             raise SystemExit(f"{args.model} {shape} has a bias: the Gluon probes take none")
         x, thr, ends, w_ts, ref = inputs.x, inputs.thr, inputs.ends, inputs.w_ts, inputs.ref
         cublas_us, limit_us, union = inputs.cublas_us, inputs.limit_us, inputs.union
-        print(f"\n{args.model} {shape} M=1 {sp:.0%}: cuBLAS {cublas_us:.2f} us, limit "
+        print(f"\n{args.model} {shape} M={m} {sp:.0%}: cuBLAS {cublas_us:.2f} us, limit "
               f"{limit_us:.2f} us", flush=True)  # fmt: skip
         impls = []
-        cfg = kernels_json_config(args.model, shape, sp, 1)
+        cfg = kernels_json_config(args.model, shape, sp, m)
         if cfg:
             impls.append(
                 ("package " + json.dumps(cfg), functools.partial(base.sparse_gemv, config=cfg))
@@ -141,6 +153,13 @@ def main(argv=None) -> int:
             fn = functools.partial(bal.balanced_gemv, ctas=ctas, warps=warps, block_k=bk,
                                    cols=cols, interleave=bool(inter))  # fmt: skip
             name = f"balanced P={ctas} W={warps} BLOCK_K={bk} cols={cols} interleave={inter}"
+            impls.append((name, fn))
+        for bn, bk, k_iters, warps, stages, cap, tiled in json.loads(args.tiled_dot):
+            fn = functools.partial(td.tiled_dot_gemv, block_n=bn, block_k=bk, k_iters=k_iters,
+                                   warps=warps, stages=stages, maxnreg=cap or None,
+                                   tiled=bool(tiled))  # fmt: skip
+            name = (f"{'tiled' if tiled else 'untiled'} dot {bn}x{bk}x{k_iters} w{warps} "
+                    f"s{stages}" + (f" maxnreg={cap}" if cap else ""))  # fmt: skip
             impls.append((name, fn))
         for bk, k_iters, cap, *lay in json.loads(args.tiled):
             tiled = bool(lay[0]) if lay else True
@@ -173,7 +192,7 @@ def main(argv=None) -> int:
             flag = "" if err <= MAX_REL_ERR else "  WRONG"
             print(f"  {us:7.2f} us {cublas_us / us:6.3f}x  {limit_us / us:5.1%} of limit  "
                   f"err {err:.1e}  {name}{flag}", flush=True)  # fmt: skip
-            rows.append({"model": args.model, "shape": shape, "M": 1, "sparsity": sp,
+            rows.append({"model": args.model, "shape": shape, "M": m, "sparsity": sp,
                          "union_kept": union, "impl": name, "us": us, "cublas_us": cublas_us,
                          "limit_us": limit_us, "speedup_vs_cublas": cublas_us / us,
                          "max_rel_err": err})  # fmt: skip
