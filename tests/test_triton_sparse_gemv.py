@@ -4,38 +4,17 @@ Every case compares with a float64 reference computed from the same (already rou
 Shapes are small (<= 512): the interpreter runs each program instance in numpy.
 """
 
-import importlib
-import os
-
 import pytest
 import torch
+from interpreter_kernels import use_interpreter
 
-if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    # The interpreter is chosen process-wide when a kernel is defined: switching it on here
-    # (and rebuilding the kernel modules below) would make every GPU test collected in the
-    # same process run its kernels in the interpreter, on CUDA tensors, for minutes. There,
-    # test_gpu_kernels.py tests the compiled kernels; this module runs alone with
-    # TRITON_INTERPRET=1 set before Python starts.
-    pytest.skip(
-        "a CUDA device is present: the kernels are tested compiled (-m gpu); run this module "
-        "alone with TRITON_INTERPRET=1 to test them in the interpreter",
-        allow_module_level=True,
-    )
-os.environ["TRITON_INTERPRET"] = "1"  # before triton (or anything importing it) is imported
-
-pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot run")
+use_interpreter()
 
 from gemv_reference import check, reference  # noqa: E402
 
 from was_compile.kernels import autotune_configs as ac  # noqa: E402
 from was_compile.kernels import splitk  # noqa: E402
 from was_compile.kernels import triton_sparse_gemv as tsg  # noqa: E402
-
-if type(tsg._sparse_gemv_kernel).__name__ != "InterpretedFunction":
-    # imported earlier in this session without the interpreter: rebuild the kernels under it
-    ac = importlib.reload(ac)
-    splitk = importlib.reload(splitk)
-    tsg = importlib.reload(tsg)
 
 sparse_gemv = tsg.sparse_gemv
 
