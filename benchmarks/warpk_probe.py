@@ -1,16 +1,27 @@
-"""GPU probe: M = 1 sparse GEMVs in Gluon whose split-K sum avoids L2 atomics (kernel_notes
-sections 20-22): ``kernel_variants/warpk_gluon.py`` (one CTA per 256-column tile, its warps
-splitting K, summed in shared memory), ``kernel_variants/cluster_gluon.py`` (a cluster of
-CTAs per tile, summed in CTA 0's shared memory through distributed shared memory) and
-``kernel_variants/balanced_gluon.py`` (one CTA per SM over balanced column ranges), beside
-cuBLAS and the package's kernel with the config ``kernels.json`` holds, in one process with
-kernels.py's sequence protocol.
+"""GPU probe: sparse GEMV kernels that try another structure than the package's (kernel_notes
+sections 20-24), beside cuBLAS and the package's kernel with the config ``kernels.json`` holds
+(``--package-caps``: also under register caps), in one process with kernels.py's sequence
+protocol. From ``kernel_variants/``:
+
+* ``warpk_gluon.py`` (``--shapes``): one CTA per 256-column tile, its warps splitting K,
+  summed in shared memory;
+* ``cluster_gluon.py`` (``--cluster``): a cluster of CTAs per tile, summed in CTA 0's shared
+  memory through distributed shared memory;
+* ``balanced_gluon.py`` (``--balanced``): one CTA per SM over balanced column ranges;
+* ``fullk_narrow.py`` (``--fullk``) and ``narrow_gluon.py`` (``--narrow``): no K split at all,
+  narrow column tiles streaming all of K;
+* ``tiled_wide.py`` (``--tiled``) and ``tiled_dot.py`` (``--tiled-dot``, the only one for
+  M > 1): the package's loops over a column-tiled weight layout, or over [K, N] as a control.
 
     python benchmarks/warpk_probe.py --cases gate_up:0.5 gate_up:0.7 --out /tmp/warpk.json
     python benchmarks/warpk_probe.py --cases gate_up:0.5 down:0.5 --shapes '[]' --bounds \
         --cluster '[[8, 2, 16, 128, 256], [16, 4, 16, 96, 128]]' --out /tmp/cluster.json
     python benchmarks/warpk_probe.py --cases gate_up:0.5 --shapes '[]' \
         --balanced '[[-1, 32, 8, 256, 0]]' --out /tmp/balanced.json
+    python benchmarks/warpk_probe.py --cases gate_up:0.5 --shapes '[]' --package-caps '[96]' \
+        --fullk '[[16, 256, 0, 0]]' --tiled '[[8, 16, 96, 1], [8, 16, 96, 0]]' --out /tmp/t.json
+    python benchmarks/warpk_probe.py --model Llama-3.2-1B --cases qkv:0.9:8 --shapes '[]' \
+        --tiled-dot '[[64, 64, 1, 2, 3, 0, 1]]' --out /tmp/tdot.json
 """
 
 from __future__ import annotations
@@ -117,7 +128,7 @@ def main(argv=None) -> int:
         sp = float(sp)
         inputs = case_inputs(shapes[shape], m, sp, dev, copy_bw, [base])
         if inputs.bias is not None:
-            raise SystemExit(f"{args.model} {shape} has a bias: the Gluon probes take none")
+            raise SystemExit(f"{args.model} {shape} has a bias: the probes take none")
         x, thr, ends, w_ts, ref = inputs.x, inputs.thr, inputs.ends, inputs.w_ts, inputs.ref
         cublas_us, limit_us, union = inputs.cublas_us, inputs.limit_us, inputs.union
         print(f"\n{args.model} {shape} M={m} {sp:.0%}: cuBLAS {cublas_us:.2f} us, limit "
