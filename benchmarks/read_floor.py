@@ -32,8 +32,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 KERNELS_JSON = ROOT / "benchmarks" / "results" / "kernels.json"
-# (int32 elements per CTA and iteration, iterations per CTA, warps): 16-byte loads, 4-32 KB a
-# CTA in flight, CTAs of 4-8 warps; the grid follows from the bytes
+# (int32 elements per CTA and load round, rounds per CTA, warps): 16-byte loads, 4-16 KB a
+# round, 1-8 rounds unrolled, CTAs of 4 or 8 warps; the grid follows from the bytes
 CONFIGS = [(b, it, w) for b in (1024, 2048, 4096) for it in (1, 2, 4, 8) for w in (4, 8)]
 
 

@@ -7,6 +7,8 @@ computes. (The Gluon probes do not run in the interpreter; their GPU runs check 
   flight, or from a per-CTA kept list);
 * ``tiled_wide.py``: the wide M = 1 tile over a column-tiled weight, or over [K, N];
 * ``tiled_dot.py``: the package's tensor-core loop over a column-tiled weight, or over [K, N].
+
+And ``benchmarks/read_floor.py``'s read kernel, which must read every element it times.
 """
 
 import pytest
@@ -21,6 +23,7 @@ from gemv_reference import check, reference  # noqa: E402
 fullk = load_benchmark("kernel_variants/fullk_narrow")
 tiled_wide = load_benchmark("kernel_variants/tiled_wide")
 tiled_dot = load_benchmark("kernel_variants/tiled_dot")
+read_floor = load_benchmark("read_floor")
 
 
 def _make(k, ends, dtype, seed, thr_scale=1.5, m=1):
@@ -128,3 +131,18 @@ def test_tiled_dot_matches_reference(case, dtype, tiled):
     y = tiled_dot.tiled_dot_gemv(x, w_t, thr, ends, block_n=bn, block_k=bk, k_iters=k_iters,
                                  tiled=tiled)  # fmt: skip
     check(y, reference(x, w_t, thr, ends, None), x, k)
+
+
+@pytest.mark.parametrize("n, block, iters", [(5000, 1024, 2), (4096, 1024, 4), (300, 256, 1)])
+def test_read_floor_kernel_folds_every_element(n, block, iters):
+    g = torch.Generator().manual_seed(n)
+    src = torch.randint(-(2**31), 2**31 - 1, (n,), generator=g, dtype=torch.int32)
+    out = torch.zeros(64, dtype=torch.int32)
+    read_floor.read_once(src, out, block, iters, 4)
+    per_cta = block * iters
+    ctas = -(-n // per_cta)
+    for c in range(ctas):
+        want = 0
+        for v in src[c * per_cta : (c + 1) * per_cta].tolist():
+            want ^= v
+        assert out[c].item() == want, c
