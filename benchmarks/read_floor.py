@@ -31,6 +31,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+try:  # programmatic dependent launch (sm_90+); absent from older Triton builds
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
 KERNELS_JSON = ROOT / "benchmarks" / "results" / "kernels.json"
 # (int32 elements per CTA and load round, rounds per CTA, warps): 16-byte loads, 4-16 KB a
 # round, 1-8 rounds unrolled, CTAs of 4 or 8 warps; the grid follows from the bytes
@@ -38,8 +43,14 @@ CONFIGS = [(b, it, w) for b in (1024, 2048, 4096) for it in (1, 2, 4, 8) for w i
 
 
 @triton.jit
-def _read_kernel(src_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    """out[pid] = xor of src[pid * BLOCK * ITERS : (pid + 1) * BLOCK * ITERS] (int32)."""
+def _read_kernel(src_ptr, out_ptr, n, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+                 PDL: tl.constexpr):  # fmt: skip
+    """out[pid] = xor of src[pid * BLOCK * ITERS : (pid + 1) * BLOCK * ITERS] (int32).
+    PDL: let the next launch's CTAs be scheduled at once, and wait for the previous grid (as
+    a GEMV must, before it reads x) before reading."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     pid = tl.program_id(0)
     offs = pid * (BLOCK * ITERS) + tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=tl.int32)
@@ -55,16 +66,20 @@ def _empty_kernel(out_ptr):
         tl.store(out_ptr, 0)
 
 
-def read_once(src, out, block: int, iters: int, warps: int) -> None:
+def read_once(src, out, block: int, iters: int, warps: int, pdl: bool = False) -> None:
     n = src.numel()
+    kw = {"launch_pdl": True} if pdl else {}
     _read_kernel[(triton.cdiv(n, block * iters),)](src, out, n, BLOCK=block, ITERS=iters,
-                                                   num_warps=warps)  # fmt: skip
+                                                   PDL=pdl, num_warps=warps, **kw)  # fmt: skip
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="Llama-3-8B")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.25, 0.4, 0.5, 0.6, 0.7])
+    p.add_argument("--pdl", action="store_true",
+                   help="also time the read with programmatic dependent launch (each call's "
+                   "CTAs scheduled while the previous one drains; reads wait for it)")  # fmt: skip
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -95,15 +110,17 @@ def main(argv=None) -> int:
         bufs = [torch.randint(-(2**31), 2**31 - 1, (n,), dtype=torch.int32, device=dev)
                 for _ in range(copies)]  # fmt: skip
         limit_us = n * 4 / copy_bw * 1e6
-        best = None
-        for block, iters, warps in CONFIGS:
-            if triton.cdiv(n, block * iters) > out.numel():
-                continue
-            calls = [functools.partial(read_once, b, out, block, iters, warps) for b in bufs]
-            us = sequence_ms(calls) * 1e3
-            if best is None or us < best[0]:
-                best = (us, block, iters, warps)
-        us, block, iters, warps = best
+        best = {}
+        for pdl in (False, True) if args.pdl else (False,):
+            for block, iters, warps in CONFIGS:
+                if triton.cdiv(n, block * iters) > out.numel():
+                    continue
+                calls = [functools.partial(read_once, b, out, block, iters, warps, pdl)
+                         for b in bufs]  # fmt: skip
+                us = sequence_ms(calls) * 1e3
+                if pdl not in best or us < best[pdl][0]:
+                    best[pdl] = (us, block, iters, warps)
+        us, block, iters, warps = best[False]
         ctas = triton.cdiv(n, block * iters)
         print(f"{r['shape']:8} {r['sparsity']:.0%}: {n * 4 / 1e6:7.2f} MB  limit {limit_us:6.2f} us"
               f"  read {us:6.2f} us = {limit_us / us:5.1%} of limit  (90%: {limit_us / 0.9:6.2f}"
@@ -117,6 +134,13 @@ def main(argv=None) -> int:
                      "gemv_us_kernels_json": r["was_us"],
                      "gemv_fraction_kernels_json": r["fraction_of_limit"],
                      "copies": copies})  # fmt: skip
+        if True in best:
+            us_p, block_p, iters_p, warps_p = best[True]
+            rows[-1].update(read_pdl_us=us_p, read_pdl_fraction_of_limit=limit_us / us_p,
+                            config_pdl={"BLOCK": block_p, "ITERS": iters_p,
+                                        "num_warps": warps_p})  # fmt: skip
+            print(f"{'':8} with PDL: read {us_p:6.2f} us = {limit_us / us_p:5.1%} of limit "
+                  f"[{block_p} x {iters_p}, {warps_p} warps]", flush=True)  # fmt: skip
         del bufs
         torch.cuda.empty_cache()
     rows.append({"empty_kernel_us_by_ctas": empty})
