@@ -8,7 +8,9 @@ weight is stored as [N / 256, K, 256] (``tile_weight``): a column tile's rows fo
 rows of a step share DRAM pages. Everything else is the package's: the wide tile's loop
 (``fma_wide.py``: a lane owns 8 columns of every row of the step, int32 column pairs, the
 next step's x and mask computed before this step is consumed, evict-first weight loads) and
-the atomic split-K epilogue (``splitk.py``), whose workspace the package reserves.
+the atomic split-K epilogue (``splitk.py``), whose workspace the package reserves. With
+``tiled=False`` the same kernel reads ``weight_t`` [K, N] (the control: this M = 1 code
+against the package's kernel, which serves M = 1-4 and any segment ends).
 
 Probe code (``benchmarks/warpk_probe.py --tiled``): M = 1, 16-bit weights, segment ends
 multiples of 256, no bias. The tiled copy of a weight is made once per weight tensor and kept
