@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import sys
 import time
@@ -41,15 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from config_sweep import case_inputs, kernels_json_config, write_results  # noqa: E402
 from kernels import model_shapes  # noqa: E402
 
-VARIANTS = ROOT / "benchmarks" / "kernel_variants"
 MAX_REL_ERR = 2e-2
-
-
-def load_variant(name: str):
-    spec = importlib.util.spec_from_file_location(name, VARIANTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main(argv=None) -> int:
@@ -103,18 +94,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from kernel_variants import balanced_gluon as bal
+    from kernel_variants import cluster_gluon as cl
+    from kernel_variants import fullk_narrow as fk
+    from kernel_variants import narrow_gluon as nw
+    from kernel_variants import tiled_dot as td
+    from kernel_variants import tiled_wide as tw
+    from kernel_variants import warpk_gluon as wk
     from timing import copy_bandwidth_Bps
 
     from was_compile.kernels import triton_sparse_gemv as base
     from was_compile.kernels.graph_timing import events_ms, sequence_ms
 
-    wk = load_variant("warpk_gluon")
-    cl = load_variant("cluster_gluon")
-    bal = load_variant("balanced_gluon")
-    fk = load_variant("fullk_narrow")
-    nw = load_variant("narrow_gluon")
-    tw = load_variant("tiled_wide")
-    td = load_variant("tiled_dot")
     dev = torch.device("cuda")
     t0 = time.time()
     shapes = {name: (k, ends, bias) for name, k, ends, bias in model_shapes(args.model)}

@@ -11,12 +11,10 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """A fresh module object of ``benchmarks/<name>.py`` (``name`` may name a subfolder:
-    ``kernel_variants/tiled_wide``)."""
+    """A fresh module object of ``benchmarks/<name>.py``."""
     if str(BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS))
-    module = "bench_" + name.replace("/", "_")
-    spec = importlib.util.spec_from_file_location(module, BENCHMARKS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

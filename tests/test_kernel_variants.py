@@ -20,10 +20,9 @@ use_interpreter()
 from bench_modules import load_benchmark  # noqa: E402
 from gemv_reference import check, reference  # noqa: E402
 
-fullk = load_benchmark("kernel_variants/fullk_narrow")
-tiled_wide = load_benchmark("kernel_variants/tiled_wide")
-tiled_dot = load_benchmark("kernel_variants/tiled_dot")
-read_floor = load_benchmark("read_floor")
+read_floor = load_benchmark("read_floor")  # and benchmarks/ on sys.path: kernel_variants
+from kernel_variants import fullk_narrow as fullk  # noqa: E402
+from kernel_variants import tiled_dot, tiled_wide  # noqa: E402
 
 
 def _make(k, ends, dtype, seed, thr_scale=1.5, m=1):

@@ -17,20 +17,11 @@ multiples of 8, K a multiple of W x BLOCK_K. Gluon kernels do not run in the int
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-# the K loop, shared with warpk_gluon.py (a file beside this one, not a package module)
-_spec = importlib.util.spec_from_file_location(
-    "warpk_gluon", Path(__file__).with_name("warpk_gluon.py")
-)
-_warpk = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_warpk)
-_stream_rows = _warpk._stream_rows
+from kernel_variants.warpk_gluon import _stream_rows  # the K loop, shared
 
 _RANGES: dict = {}  # (ends, ctas, device) -> (widest range, int32 [P, 4] rows c0, c1, seg, 0)
 

@@ -23,23 +23,11 @@ run in the interpreter.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-
-def _sibling(name: str):
-    """A module of this folder (not a package: the probes load these files by path)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_stream_rows = _sibling("warpk_gluon")._stream_rows  # the K loop, shared with warpk_gluon.py
+from kernel_variants.warpk_gluon import _stream_rows  # the K loop, shared
 
 
 @gluon.constexpr_function

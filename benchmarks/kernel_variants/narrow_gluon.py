@@ -23,19 +23,11 @@ interpreter.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-_spec = importlib.util.spec_from_file_location(
-    "warpk_gluon", Path(__file__).with_name("warpk_gluon.py")
-)
-_warpk = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_warpk)
-_stream_rows = _warpk._stream_rows
+from kernel_variants.warpk_gluon import _stream_rows  # the K loop, shared
 
 MAX_ENDS = 4
 

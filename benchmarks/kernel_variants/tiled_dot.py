@@ -14,22 +14,16 @@ multiples of BLOCK_N, no bias, masked steps (no COMPACT).
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 import triton
 import triton.language as tl
 
+from kernel_variants.tiled_wide import tiled_copy
 from was_compile.kernels.splitk import _atomic_splitk_epilogue, atomic_workspace
 from was_compile.kernels.triton_sparse_gemv import _dot_tile
 
 MAX_ENDS = 4
-
-
-def tile_weight(weight_t: torch.Tensor, cols: int) -> torch.Tensor:
-    """[K, N] -> [N / cols, K, cols] contiguous (the same values)."""
-    k, n = weight_t.shape
-    return weight_t.reshape(k, n // cols, cols).permute(1, 0, 2).contiguous()
 
 
 @triton.jit
@@ -57,9 +51,6 @@ def _tiled_dot_kernel(x_ptr, w_ptr, thr_ptr, ws_ptr, ticket_ptr, y_ptr, M, N, K,
                             y_ptr, y_ptr, y_ptr, 0, False, INTERPRET)  # fmt: skip
 
 
-_TILED: dict = {}  # (data_ptr, shape, cols) -> (weak reference to the weight, tiled copy)
-
-
 def tiled_dot_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor, ends,
                    block_n: int = 64, block_k: int = 64, k_iters: int = 1, warps: int = 2,
                    stages: int = 3, maxnreg: int | None = None,
@@ -74,14 +65,7 @@ def tiled_dot_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Te
             or any(e % block_n for e in ends)):  # fmt: skip
         raise ValueError(f"tiled_dot_gemv: M <= 16, 16-bit weights, at most {MAX_ENDS} "
                          f"segments whose ends are multiples of {block_n}")  # fmt: skip
-    if tiled:
-        key = (weight_t.data_ptr(), weight_t.shape, block_n)
-        ref, w = _TILED.get(key, (None, None))
-        if ref is None or ref() is not weight_t:  # new, or a freed tensor's memory reused
-            w = tile_weight(weight_t, block_n)
-            _TILED[key] = (weakref.ref(weight_t), w)
-    else:
-        w = weight_t
+    w = tiled_copy(weight_t, block_n) if tiled else weight_t
     tiles = n // block_n
     workspace = atomic_workspace(x.device, m * n, tiles)
     if workspace is None:

@@ -35,10 +35,24 @@ _TILE = tl.constexpr(TILE)  # the same, for the kernel
 MAX_ENDS = 4
 
 
-def tile_weight(weight_t: torch.Tensor) -> torch.Tensor:
-    """[K, N] -> [N / TILE, K, TILE] contiguous (the same values)."""
+def tile_weight(weight_t: torch.Tensor, cols: int = TILE) -> torch.Tensor:
+    """[K, N] -> [N / cols, K, cols] contiguous (the same values)."""
     k, n = weight_t.shape
-    return weight_t.reshape(k, n // TILE, TILE).permute(1, 0, 2).contiguous()
+    return weight_t.reshape(k, n // cols, cols).permute(1, 0, 2).contiguous()
+
+
+_TILED: dict = {}  # (data_ptr, shape, cols) -> (weak reference to the weight, its tiled copy)
+
+
+def tiled_copy(weight_t: torch.Tensor, cols: int = TILE) -> torch.Tensor:
+    """``tile_weight(weight_t, cols)``, made on the first call with this tensor and kept (the
+    probes' weight copies are made before timing)."""
+    key = (weight_t.data_ptr(), weight_t.shape, cols)
+    ref, w3 = _TILED.get(key, (None, None))
+    if ref is None or ref() is not weight_t:  # new, or a freed tensor's memory reused
+        w3 = tile_weight(weight_t, cols)
+        _TILED[key] = (weakref.ref(weight_t), w3)
+    return w3
 
 
 @triton.jit
@@ -88,9 +102,6 @@ def _tiled_wide_kernel(x_ptr, w_ptr, thr_ptr, ws_ptr, ticket_ptr, y_ptr, N, K, s
                             y_ptr, y_ptr, y_ptr, 0, False, INTERPRET)  # fmt: skip
 
 
-_TILED: dict = {}  # (data_ptr, shape) of a [K, N] weight -> (weak reference to it, tiled copy)
-
-
 def tiled_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor, ends,
                block_k: int = 8, k_iters: int = 16, maxnreg: int | None = None,
                tiled: bool = True) -> torch.Tensor:  # fmt: skip
@@ -103,13 +114,7 @@ def tiled_gemv(x: torch.Tensor, weight_t: torch.Tensor, thresholds: torch.Tensor
             or any(e % TILE for e in ends)):  # fmt: skip
         raise ValueError(f"tiled_gemv: M = 1, 16-bit weights, at most {MAX_ENDS} segments "
                          f"whose ends are multiples of {TILE}")  # fmt: skip
-    key = (weight_t.data_ptr(), weight_t.shape)
-    ref, w3 = _TILED.get(key, (None, None))
-    if not tiled:
-        w3 = weight_t
-    elif ref is None or ref() is not weight_t:  # new, or a freed tensor's memory reused
-        w3 = tile_weight(weight_t)
-        _TILED[key] = (weakref.ref(weight_t), w3)
+    w3 = tiled_copy(weight_t) if tiled else weight_t
     tiles = n // TILE
     workspace = atomic_workspace(x.device, n, tiles)
     if workspace is None:

@@ -24,12 +24,13 @@ from triton.experimental.gluon import language as gl
 @gluon.jit
 def _stream_rows(x_ptr, w_ptr, thr_row, rows, cols3, acc, N, K, BLOCK_K: gl.constexpr,
                  STEPS: gl.constexpr, cmask3=None):  # fmt: skip
-    """The K loop the Gluon probes share (``cluster_gluon.py`` and ``balanced_gluon.py``
-    import it): rows [W, BLOCK_K] the warps' first rows, cols3 [1, 1, C] the tile's columns,
-    acc [W, C] fp32, cmask3 [1, 1, C] the columns to load (None: all); returns acc plus, per
-    warp, the sum over its STEPS steps of BLOCK_K rows of where(|x| > tau, x, 0) x the
-    weight rows, dropped rows never loaded. A step's x and thresholds are requested and its
-    mask computed before the previous step's weights are consumed."""
+    """The K loop the Gluon probes share (``cluster_gluon.py``, ``balanced_gluon.py`` and
+    ``narrow_gluon.py`` import it): rows [W, BLOCK_K] the warps' first rows, cols3 [1, 1, C]
+    the tile's columns, acc [W, C] fp32, cmask3 [1, 1, C] the columns to load (None: all);
+    returns acc plus, per warp, the sum over its STEPS steps of BLOCK_K rows of
+    where(|x| > tau, x, 0) x the weight rows, dropped rows never loaded. A step's x and
+    thresholds are requested and its mask computed before the previous step's weights are
+    consumed."""
     xv = gl.load(x_ptr + rows).to(gl.float32)
     tv = gl.load(thr_row + rows)
     kept = gl.abs(xv) > tv
